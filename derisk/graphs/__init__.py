@@ -1,0 +1,37 @@
+"""Roadmaps: the file format, validation with precise errors, the DAG, generators."""
+
+from importlib import resources
+from pathlib import Path
+
+from derisk.graphs._generate import random_roadmap
+from derisk.graphs._load import load_roadmap, roadmap_from_dict, suspicious
+from derisk.graphs._model import Conditional, Cost, Experiment, Roadmap
+
+__all__ = [
+    "Conditional",
+    "Cost",
+    "Experiment",
+    "Roadmap",
+    "example_path",
+    "examples",
+    "load_roadmap",
+    "random_roadmap",
+    "roadmap_from_dict",
+    "suspicious",
+]
+
+DEFAULT_EXAMPLE = "moe-at-scale"
+
+
+def examples() -> dict[str, Path]:
+    """Bundled example roadmaps, name -> path."""
+    folder = Path(str(resources.files("derisk.graphs") / "examples"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def example_path(name: str = DEFAULT_EXAMPLE) -> Path:
+    """Path of a bundled example; `KeyError` lists the known names."""
+    found = examples()
+    if name not in found:
+        raise KeyError(f"no example `{name}`; known: {', '.join(found)}")
+    return found[name]

@@ -1,0 +1,622 @@
+"""Load and validate roadmap files (YAML, or JSON, which YAML reads too).
+
+Validation reports every problem in one pass, each with the file, line and
+column of the offending value, so a user fixes a file in one round trip.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import yaml
+
+from derisk.errors import DeriskWarning, Problem, RoadmapError
+from derisk.graphs._model import Conditional, Cost, Experiment, Roadmap
+
+TOP_KEYS = (
+    "name",
+    "description",
+    "budget",
+    "resolution",
+    "compute_price",
+    "hypotheses",
+    "experiments",
+    "flops_per_gpu_hour",
+)
+EXPERIMENT_KEYS = ("id", "title", "notes", "after", "p", "cost", "reward", "train", "success")
+TRAIN_KEYS = {
+    "arch": str,
+    "experts": int,
+    "top_k": int,
+    "granularity": float,
+    "params": float,
+    "active_params": float,
+    "tokens": float,
+    "d_model": int,
+    "layers": int,
+    "seq_len": int,
+}
+SUCCESS_KEYS = ("loss_below", "law")
+
+# Canonical unit, and the factor that converts one of the given unit into it.
+UNITS = {
+    "gpu_hours": ("gpu_hours", 1.0),
+    "gpu_hour": ("gpu_hours", 1.0),
+    "gpu-hours": ("gpu_hours", 1.0),
+    "gpuh": ("gpu_hours", 1.0),
+    "gpu_days": ("gpu_hours", 24.0),
+    "gpu_day": ("gpu_hours", 24.0),
+    "flops": ("flops", 1.0),
+    "flop": ("flops", 1.0),
+}
+
+
+class _Mark:
+    __slots__ = ("line", "col")
+
+    def __init__(self, line: int | None, col: int | None):
+        self.line, self.col = line, col
+
+
+class LDict(dict):
+    """A dict that remembers where it and each of its keys/values came from."""
+
+    mark: _Mark
+    key_marks: dict
+    value_marks: dict
+
+
+class LList(list):
+    mark: _Mark
+    item_marks: list
+
+
+def _mark(node: yaml.Node) -> _Mark:
+    return _Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _construct(node: yaml.Node, loader: yaml.SafeLoader) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = LDict()
+        out.mark, out.key_marks, out.value_marks = _mark(node), {}, {}
+        out.duplicates = []
+        for knode, vnode in node.value:
+            key = _construct(knode, loader)
+            if not isinstance(key, str | int | float | bool) or key is None:
+                key = str(key)
+            if key in out:
+                out.duplicates.append((key, _mark(knode)))
+            out[key] = _construct(vnode, loader)
+            out.key_marks[key] = _mark(knode)
+            out.value_marks[key] = _mark(vnode)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        out = LList(_construct(n, loader) for n in node.value)
+        out.mark = _mark(node)
+        out.item_marks = [_mark(n) for n in node.value]
+        return out
+    return loader.construct_object(node, deep=True)
+
+
+def parse_text(text: str, source: str) -> Any:
+    """Parse YAML/JSON text into LDict/LList values carrying positions."""
+    if source.endswith(".json"):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RoadmapError(
+                [Problem(source, exc.lineno, exc.colno, f"invalid JSON: {exc.msg}")]
+            ) from None
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise RoadmapError([Problem(source, 1, 1, "the file is empty")])
+            return _construct(node, loader)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        msg = f"invalid YAML: {exc.problem or exc.context}"
+        raise RoadmapError([Problem(source, line, col, msg)]) from None
+    except yaml.YAMLError as exc:
+        raise RoadmapError([Problem(source, None, None, f"invalid YAML: {exc}")]) from None
+
+
+def load_roadmap(path: str | Path) -> Roadmap:
+    """Load and validate a roadmap file; raise `RoadmapError` listing every problem.
+
+    Legal but suspicious content (an unearnable reward, p = 0, a dead-end node)
+    is reported through `warnings.warn(..., DeriskWarning)`.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise RoadmapError(
+            [Problem(source, None, None, "no such file; `derisk examples` lists bundled ones")]
+        )
+    if path.is_dir():
+        raise RoadmapError([Problem(source, None, None, "is a directory, expected a roadmap file")])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RoadmapError([Problem(source, None, None, f"cannot read: {exc}")]) from None
+    return roadmap_from_dict(parse_text(text, source), source=source)
+
+
+class _Checker:
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def err(self, mark: _Mark | None, msg: str) -> None:
+        line, col = (mark.line, mark.col) if mark else (None, None)
+        self.problems.append(Problem(self.source, line, col, msg))
+
+    def unknown_keys(self, d: LDict, allowed: tuple[str, ...] | list[str], what: str) -> None:
+        for key in d:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else ""
+                self.err(
+                    d.key_marks.get(key),
+                    f"unknown key `{key}` in {what}{hint} (allowed: {', '.join(allowed)})",
+                )
+        for key, m in getattr(d, "duplicates", []):
+            self.err(m, f"duplicate key `{key}` in {what}")
+
+
+_NUM_RE = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([A-Za-z_\-]*)\s*$")
+
+
+def _number(value: Any) -> float | None:
+    """A real number from YAML (PyYAML reads 3e21 as a string, so parse those too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        m = _NUM_RE.match(value)
+        if m and not m.group(2):
+            return float(m.group(1))
+    return None
+
+
+def _quantity(ck: _Checker, value: Any, mark: _Mark | None, what: str):
+    """Parse `40`, `40 gpu_hours`, `3e21 flops` into (amount, canonical unit or None)."""
+    if isinstance(value, bool) or value is None:
+        ck.err(mark, f"{what} must be a number with an optional unit, got {value!r}")
+        return None
+    if isinstance(value, int | float):
+        amount, unit = float(value), None
+    elif isinstance(value, str) and (m := _NUM_RE.match(value)):
+        amount, unit_text = float(m.group(1)), m.group(2)
+        unit = None
+        if unit_text:
+            if unit_text.lower() not in UNITS:
+                close = difflib.get_close_matches(unit_text.lower(), list(UNITS), n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else ""
+                ck.err(
+                    mark,
+                    f"unknown unit `{unit_text}` in {what}{hint} "
+                    "(expected gpu_hours, gpu_days, flops, or no unit)",
+                )
+                return None
+            unit, factor = UNITS[unit_text.lower()]
+            amount *= factor
+    else:
+        ck.err(mark, f"{what} must be a number with an optional unit (e.g. `40 gpu_hours`), "
+               f"got {value!r}")
+        return None
+    if not math.isfinite(amount):
+        ck.err(mark, f"{what} must be finite, got {value!r}")
+        return None
+    return amount, unit
+
+
+def _probability(ck: _Checker, value: Any, mark: _Mark | None, what: str) -> float | None:
+    x = _number(value)
+    if x is None:
+        ck.err(mark, f"{what} must be a number in [0, 1], got {value!r}")
+        return None
+    if not 0.0 <= x <= 1.0:
+        ck.err(mark, f"{what} must be in [0, 1], got {x:g}")
+        return None
+    return x
+
+
+def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
+    """Validate parsed roadmap data (plain dicts work; LDicts add positions)."""
+    data = _locate(data)
+    ck = _Checker(source)
+    if not isinstance(data, dict):
+        ck.err(getattr(data, "mark", None), "a roadmap must be a mapping with `budget` and "
+               "`experiments`")
+        raise RoadmapError(ck.problems)
+    ck.unknown_keys(data, TOP_KEYS, "the roadmap")
+    vm = data.value_marks
+
+    name = data.get("name", Path(source).stem)
+    if not isinstance(name, str):
+        ck.err(vm.get("name"), f"`name` must be a string, got {name!r}")
+        name = str(name)
+
+    # Units: everything is converted to the budget's unit (or the first unit seen).
+    quantities: list[tuple[str, float, str | None, _Mark | None]] = []
+
+    def quantity(value, mark, what, *, nonneg=True):
+        q = _quantity(ck, value, mark, what)
+        if q is None:
+            return None
+        if nonneg and q[0] < 0:
+            ck.err(mark, f"{what} must not be negative, got {value!r}")
+            return None
+        quantities.append((what, q[0], q[1], mark))
+        return q
+
+    budget_q = None
+    if "budget" not in data:
+        ck.err(data.mark, "missing `budget` (e.g. `budget: 2000 gpu_hours`)")
+    else:
+        budget_q = quantity(data["budget"], vm.get("budget"), "`budget`")
+    resolution_q = None
+    if "resolution" in data:
+        resolution_q = quantity(data["resolution"], vm.get("resolution"), "`resolution`")
+        if resolution_q is not None and resolution_q[0] <= 0:
+            ck.err(vm.get("resolution"), "`resolution` must be positive")
+            resolution_q = None
+    price = 0.0
+    if "compute_price" in data:
+        price = _number(data["compute_price"])
+        if price is None or price < 0 or not math.isfinite(price):
+            ck.err(vm.get("compute_price"), "`compute_price` must be a non-negative number "
+                   f"(reward lost per unit of compute), got {data['compute_price']!r}")
+            price = 0.0
+    fpgh = None
+    if "flops_per_gpu_hour" in data:
+        fpgh = _number(data["flops_per_gpu_hour"])
+        if fpgh is None or fpgh <= 0:
+            ck.err(vm.get("flops_per_gpu_hour"), "`flops_per_gpu_hour` must be a positive "
+                   "number (peak FLOP/s x utilisation x 3600)")
+            fpgh = None
+
+    hypotheses: dict[str, float] = {}
+    hyp_marks: dict[str, _Mark] = {}
+    if "hypotheses" in data:
+        hyp = data["hypotheses"]
+        if not isinstance(hyp, dict):
+            ck.err(vm.get("hypotheses"), "`hypotheses` must map names to prior probabilities, "
+                   "e.g. `routing_stable: 0.6`")
+        else:
+            for key, value in hyp.items():
+                prior = _probability(ck, value, hyp.value_marks.get(key),
+                                     f"prior of hypothesis `{key}`")
+                if prior is not None:
+                    hypotheses[str(key)] = prior
+                    hyp_marks[str(key)] = hyp.key_marks.get(key)
+
+    # Experiments.
+    raw = data.get("experiments")
+    experiments_raw: list[tuple[LDict, _Mark | None]] = []
+    if raw is None:
+        ck.err(data.mark, "missing `experiments` (a list of experiments with `id`, `p`, `cost`)")
+    elif not isinstance(raw, list):
+        ck.err(vm.get("experiments"), "`experiments` must be a list")
+    elif not raw:
+        ck.err(vm.get("experiments"), "`experiments` is empty; a roadmap needs at least one")
+    else:
+        for item, m in zip(raw, raw.item_marks, strict=True):
+            if not isinstance(item, dict):
+                ck.err(m, f"each experiment must be a mapping with an `id`, got {item!r}")
+            else:
+                experiments_raw.append((item, m))
+
+    ids: dict[str, _Mark | None] = {}
+    for item, m in experiments_raw:
+        if "id" not in item:
+            ck.err(m, "experiment without `id`")
+            continue
+        eid = item["id"]
+        if not isinstance(eid, str | int) or isinstance(eid, bool):
+            ck.err(item.value_marks.get("id"), f"`id` must be a string, got {eid!r}")
+            continue
+        eid = str(eid)
+        if eid in ids:
+            first = ids[eid]
+            ck.err(item.value_marks.get("id"),
+                   f"duplicate experiment id `{eid}` (first defined on line {first.line})")
+        else:
+            ids[eid] = item.value_marks.get("id")
+
+    parsed: list[dict] = []
+    for item, m in experiments_raw:
+        if "id" not in item or not isinstance(item["id"], str | int):
+            continue
+        eid = str(item["id"])
+        what = f"experiment `{eid}`"
+        ck.unknown_keys(item, EXPERIMENT_KEYS, what)
+        ivm = item.value_marks
+        exp: dict[str, Any] = {"id": eid, "line": m.line if m else None}
+        title = item.get("title", "")
+        exp["title"] = str(title) if title is not None else ""
+
+        # after
+        requires: list[tuple[str, ...]] = []
+        if "after" in item:
+            requires = _requires(ck, item["after"], ivm.get("after"), eid, ids)
+        exp["requires"] = tuple(requires)
+
+        # train / success
+        train = item.get("train")
+        success = item.get("success")
+        if train is not None:
+            _check_train(ck, train, ivm.get("train"), what)
+        if success is not None:
+            _check_success(ck, success, ivm.get("success"), what)
+
+        # p
+        if "p" in item:
+            exp["p"] = _p(ck, item["p"], ivm.get("p"), what, hypotheses, hyp_marks)
+        elif success is not None:
+            law = success.get("law", "chinchilla") if isinstance(success, dict) else "?"
+            ck.err(ivm.get("success"),
+                   f"{what} takes its p from the fitted law `{law}`, but no law is fitted in "
+                   "this version (scaling fits come with `derisk fit`); give `p:` directly "
+                   "for now")
+        else:
+            ck.err(m, f"{what} has no `p` (its probability of success, e.g. `p: 0.7`)")
+
+        # cost
+        if "cost" in item:
+            exp["cost"] = _cost(ck, item["cost"], ivm.get("cost"), what, quantity)
+        elif train is not None:
+            ck.err(ivm.get("train"),
+                   f"{what} takes its cost from `train:`, which needs the FLOP and hardware "
+                   "cost models (not in this version); give `cost:` directly for now")
+        else:
+            ck.err(m, f"{what} has no `cost` (e.g. `cost: 40 gpu_hours`)")
+
+        # reward
+        if "reward" in item:
+            r = _number(item["reward"])
+            if r is None or not math.isfinite(r) or r < 0:
+                ck.err(ivm.get("reward"),
+                       f"`reward` of {what} must be a non-negative number, got {item['reward']!r}")
+            else:
+                exp["reward"] = r
+        exp["train"] = dict(train) if isinstance(train, dict) else None
+        exp["success"] = dict(success) if isinstance(success, dict) else None
+        parsed.append(exp)
+
+    # Cycles (only over known ids; unknown ones were reported already).
+    g = nx.DiGraph()
+    g.add_nodes_from(e["id"] for e in parsed)
+    for e in parsed:
+        for clause in e["requires"]:
+            for pre in clause:
+                if pre in ids:
+                    g.add_edge(pre, e["id"])
+    for cycle_nodes in _cycles(g):
+        loop = " -> ".join([*cycle_nodes, cycle_nodes[0]])
+        ck.err(ids.get(cycle_nodes[0]),
+               f"prerequisites form a cycle: {loop}; a roadmap must be acyclic")
+
+    # Units.
+    unit = budget_q[1] if budget_q else None
+    if unit is None:
+        unit = next((u for _, _, u, _ in quantities if u is not None), None)
+    converted: dict[int, float] = {}
+    for idx, (what, amount, u, mark) in enumerate(quantities):
+        if u is None or u == unit:
+            converted[idx] = amount
+        elif fpgh is not None and {u, unit} == {"flops", "gpu_hours"}:
+            converted[idx] = amount / fpgh if u == "flops" else amount * fpgh
+        else:
+            ck.err(mark, f"{what} is in {u} but the roadmap's budget is in {unit}; give it in "
+                   f"{unit}, or add `flops_per_gpu_hour:` (peak FLOP/s x utilisation x 3600) "
+                   "at the top level so derisk can convert")
+
+    if ck.problems:
+        raise RoadmapError(ck.problems)
+
+    def conv(q):
+        idx = next(i for i, (_, a, u, _) in enumerate(quantities) if a == q[0] and u == q[1])
+        return converted[idx]
+
+    budget = conv(budget_q)
+    resolution = conv(resolution_q) if resolution_q else None
+    experiments = []
+    for e in parsed:
+        c = e["cost"]
+        cost = Cost(median=conv(c[0]), p90=conv(c[1]) if c[1] is not None else None)
+        experiments.append(Experiment(
+            id=e["id"], title=e["title"], requires=e["requires"], p=e["p"], cost=cost,
+            reward=e.get("reward", 0.0), train=e["train"], success=e["success"], line=e["line"],
+        ))
+    roadmap = Roadmap(
+        name=name, experiments=tuple(experiments), budget=budget, unit=unit,
+        resolution=resolution, compute_price=price, hypotheses=hypotheses, source=source,
+    )
+    for message in suspicious(roadmap):
+        warnings.warn(message, DeriskWarning, stacklevel=2)
+    return roadmap
+
+
+def _locate(data: Any) -> Any:
+    """Wrap plain dicts/lists (from code, not files) so positions are simply absent."""
+    if isinstance(data, LDict | LList):
+        return data
+    if isinstance(data, dict):
+        out = LDict()
+        out.mark, out.key_marks, out.value_marks, out.duplicates = None, {}, {}, []
+        for k, v in data.items():
+            out[k] = _locate(v)
+        return out
+    if isinstance(data, list | tuple):
+        out = LList(_locate(v) for v in data)
+        out.mark, out.item_marks = None, [None] * len(out)
+        return out
+    return data
+
+
+def _cycles(g: nx.DiGraph) -> list[list[str]]:
+    out = []
+    for comp in nx.strongly_connected_components(g):
+        if len(comp) > 1 or any(g.has_edge(n, n) for n in comp):
+            sub = g.subgraph(comp)
+            cyc = nx.find_cycle(sub)
+            out.append([u for u, _ in cyc])
+    return out
+
+
+def _requires(ck, value, mark, eid, ids) -> list[tuple[str, ...]]:
+    def ref(x, m) -> str | None:
+        if not isinstance(x, str | int) or isinstance(x, bool):
+            ck.err(m, f"prerequisite of `{eid}` must be an experiment id, got {x!r}")
+            return None
+        x = str(x)
+        if x not in ids:
+            close = difflib.get_close_matches(x, list(ids), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else ""
+            ck.err(m, f"`{eid}` needs unknown experiment `{x}`{hint}")
+            return None
+        if x == eid:
+            ck.err(m, f"`{eid}` cannot need itself")
+            return None
+        return x
+
+    def clause(x, m) -> tuple[str, ...] | None:
+        if isinstance(x, dict):
+            if set(x) != {"any"} or not isinstance(x["any"], list) or not x["any"]:
+                ck.err(m, f"an alternatives group in `{eid}`'s `after` must be "
+                       "`{any: [id, id, ...]}`")
+                return None
+            alts = [ref(a, am) for a, am in zip(x["any"], x["any"].item_marks, strict=True)]
+            return tuple(dict.fromkeys(a for a in alts if a is not None)) or None
+        r = ref(x, m)
+        return (r,) if r is not None else None
+
+    if isinstance(value, list):
+        items = list(zip(value, value.item_marks, strict=True))
+    else:
+        items = [(value, mark)]
+    return [c for c in (clause(x, m) for x, m in items) if c is not None]
+
+
+def _p(ck, value, mark, what, hypotheses, hyp_marks):
+    if isinstance(value, dict):
+        ck.unknown_keys(value, ("if", "then", "else"), f"`p` of {what}")
+        missing = [k for k in ("if", "then", "else") if k not in value]
+        if missing:
+            ck.err(mark, f"conditional `p` of {what} needs `if`, `then` and `else` "
+                   f"(missing: {', '.join(missing)})")
+            return 0.0
+        h = value["if"]
+        if str(h) not in hypotheses:
+            close = difflib.get_close_matches(str(h), list(hypotheses), n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else (
+                "; declare it under `hypotheses:` with a prior" if not hypotheses else "")
+            ck.err(value.value_marks.get("if"), f"`p` of {what} depends on unknown hypothesis "
+                   f"`{h}`{hint}")
+        then = _probability(ck, value["then"], value.value_marks.get("then"), f"`p.then` of {what}")
+        other = _probability(ck, value["else"], value.value_marks.get("else"),
+                             f"`p.else` of {what}")
+        return Conditional(hypothesis=str(h), then=then or 0.0, otherwise=other or 0.0)
+    p = _probability(ck, value, mark, f"`p` of {what}")
+    return p if p is not None else 0.0
+
+
+def _cost(ck, value, mark, what, quantity):
+    if isinstance(value, dict):
+        ck.unknown_keys(value, ("median", "p90"), f"`cost` of {what}")
+        if "median" not in value or "p90" not in value:
+            ck.err(mark, f"a stochastic `cost` of {what} needs `median` and `p90`, "
+                   "e.g. `{median: 40 gpu_hours, p90: 80 gpu_hours}`")
+            return ((0.0, None), None)
+        med = quantity(value["median"], value.value_marks.get("median"), f"`cost.median` of {what}")
+        p90 = quantity(value["p90"], value.value_marks.get("p90"), f"`cost.p90` of {what}")
+        if med and p90 and p90[0] < med[0] and p90[1] == med[1]:
+            ck.err(value.value_marks.get("p90"), f"`cost.p90` of {what} must be at least its "
+                   f"median ({value['median']}), got {value['p90']}")
+        if med and p90 and med[0] <= 0 and p90[0] > 0:
+            ck.err(value.value_marks.get("median"),
+                   f"`cost.median` of {what} must be positive when p90 is given")
+        return (med or (0.0, None), p90)
+    q = quantity(value, mark, f"`cost` of {what}")
+    return (q or (0.0, None), None)
+
+
+def _check_train(ck, train, mark, what):
+    if not isinstance(train, dict):
+        ck.err(mark, f"`train` of {what} must be a mapping, e.g. `{{arch: moe, experts: 8}}`")
+        return
+    ck.unknown_keys(train, list(TRAIN_KEYS), f"`train` of {what}")
+    for key, value in train.items():
+        kind = TRAIN_KEYS.get(key)
+        m = train.value_marks.get(key)
+        if kind is str:
+            if value not in ("dense", "moe"):
+                ck.err(m, f"`train.arch` of {what} must be `dense` or `moe`, got {value!r}")
+        elif kind is not None:
+            x = _number(value)
+            if x is None or x <= 0 or (kind is int and not float(x).is_integer()):
+                ck.err(m, f"`train.{key}` of {what} must be a positive "
+                       f"{'integer' if kind is int else 'number'}, got {value!r}")
+    if train.get("arch") == "moe" and isinstance(train.get("experts"), int):
+        top_k = train.get("top_k")
+        if isinstance(top_k, int) and top_k > train["experts"]:
+            ck.err(train.value_marks.get("top_k"),
+                   f"`train.top_k` of {what} ({top_k}) exceeds `experts` ({train['experts']})")
+
+
+def _check_success(ck, success, mark, what):
+    if not isinstance(success, dict):
+        ck.err(mark, f"`success` of {what} must be a mapping like `{{loss_below: 2.45}}`")
+        return
+    ck.unknown_keys(success, SUCCESS_KEYS, f"`success` of {what}")
+    if "loss_below" not in success:
+        ck.err(mark, f"`success` of {what} needs `loss_below`")
+    elif _number(success["loss_below"]) is None or _number(success["loss_below"]) <= 0:
+        ck.err(success.value_marks.get("loss_below"),
+               f"`success.loss_below` of {what} must be a positive number")
+
+
+def suspicious(roadmap: Roadmap) -> list[str]:
+    """Messages for legal but suspicious roadmaps (never errors)."""
+    out = []
+    g = roadmap.graph()
+    exps = {e.id: e for e in roadmap.experiments}
+    # Cheapest total cost to reach and run each node (any-groups take the cheapest branch).
+    cheapest: dict[str, float] = {}
+    for nid in nx.topological_sort(g):
+        e = exps[nid]
+        total = e.cost.median
+        for clause in e.requires:
+            total += min(cheapest[a] for a in clause)
+        cheapest[nid] = total
+    hyp_users: dict[str, int] = {}
+    for e in roadmap.experiments:
+        if isinstance(e.p, Conditional):
+            hyp_users[e.p.hypothesis] = hyp_users.get(e.p.hypothesis, 0) + 1
+    where = roadmap.source
+    for e in roadmap.experiments:
+        at = f"{where}:{e.line}" if e.line else where
+        if e.reward > 0 and cheapest[e.id] > roadmap.budget:
+            out.append(f"{at}: reward of `{e.id}` cannot be earned within the budget "
+                       f"(cheapest path costs {cheapest[e.id]:g}, budget is {roadmap.budget:g})")
+        if not isinstance(e.p, Conditional) and e.p == 0:
+            out.append(f"{at}: `{e.id}` has p = 0 and can never succeed")
+        informative = isinstance(e.p, Conditional) and hyp_users[e.p.hypothesis] > 1
+        if e.reward == 0 and g.out_degree(e.id) == 0 and not informative:
+            out.append(f"{at}: nothing depends on `{e.id}` and it earns nothing; the planner "
+                       "will never run it")
+    return out

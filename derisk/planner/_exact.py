@@ -1,0 +1,111 @@
+"""Exact backward induction over layers of the state space (numpy reference solver)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from derisk.planner._backup import action_value
+from derisk.planner._problem import PlanningProblem
+from derisk.planner._states import StateSpace
+
+CHUNK_ROWS = 32768  # rows per block: bounds temporaries to a few (rows x levels) arrays
+TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
+
+
+def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None):
+    """Optimal values (S, L) and policy (S, L) int8 (-1 = stop) for every budget level.
+
+    States with fewer untried nodes are solved first; every successor of a state lies
+    in an earlier layer, so one pass is exact (no iteration to convergence).
+    """
+    S, L = space.size, problem.levels + 1
+    V = np.zeros((S, L))
+    policy = np.full((S, L), -1, dtype=np.int8)
+    price = -problem.price_per_unit
+    for layer in space.layers():
+        for start in range(0, len(layer), CHUNK_ROWS):
+            rows = layer[start : start + CHUNK_ROWS]
+            best = np.zeros((len(rows), L))  # stopping is worth 0
+            act_val = np.zeros((len(rows), L))
+            act = np.full((len(rows), L), -1, dtype=np.int8)
+            for i in range(problem.n):
+                sel = np.flatnonzero(space.avail[rows, i])
+                if not len(sel):
+                    continue
+                st = rows[sel]
+                d = space.succ_d[st, i]
+                q = action_value(
+                    problem, i, space.p[st, i], V[space.succ_s[st, i]], V[space.succ_f[st, i]],
+                    V[d, 0] if d[0] >= 0 else None, gain=problem.reward[i], spend_weight=price,
+                )
+                cur = best[sel]
+                np.maximum(cur, q, out=cur)
+                best[sel] = cur
+                better = q > act_val[sel] + TIE
+                act_sel = act[sel]
+                act_sel[better] = i
+                act[sel] = act_sel
+                av = act_val[sel]
+                av[better] = q[better]
+                act_val[sel] = av
+            V[rows] = best
+            policy[rows] = act
+        if progress is not None:
+            progress(len(layer))
+    return V, policy
+
+
+def evaluate_policy(problem: PlanningProblem, space: StateSpace, policy: np.ndarray | None):
+    """Exact value, expected compute and P(reward k) of a fixed policy, every state/budget.
+
+    `policy` is (S, L) int8 with -1 = stop, or None for the uniform random policy
+    (uniform over the runnable and affordable experiments; it stops only when none is).
+
+    Returns dict with "value" (S, L), "compute" (S, L) in budget units, and "p_reward"
+    (K, S, L) for the K rewarded nodes, in the order of `rewarded_nodes(problem)`.
+    """
+    S, L = space.size, problem.levels + 1
+    rewarded = rewarded_nodes(problem)
+    # channels: 0 = value, 1 = compute, 2.. = success of each rewarded node
+    X = np.zeros((2 + len(rewarded), S, L))
+    gains = np.zeros((2 + len(rewarded), problem.n))
+    gains[0] = problem.reward
+    for k, j in enumerate(rewarded):
+        gains[2 + k, j] = 1.0
+    spend = [-problem.price_per_unit, 1.0] + [0.0] * len(rewarded)
+    for layer in space.layers():
+        for start in range(0, len(layer), CHUNK_ROWS):
+            rows = layer[start : start + CHUNK_ROWS]
+            acc = np.zeros((X.shape[0], len(rows), L))
+            if policy is None:
+                count = np.zeros((len(rows), L))
+            for i in range(problem.n):
+                sel = np.flatnonzero(space.avail[rows, i])
+                if not len(sel):
+                    continue
+                st = rows[sel]
+                if policy is None:
+                    chosen = np.ones((len(sel), L), dtype=bool)
+                else:
+                    chosen = policy[st] == i
+                    if not chosen.any():
+                        continue
+                d = space.succ_d[st, i]
+                feasible = chosen & (np.arange(L) >= problem.cost_units[i][0])[None, :]
+                for ch in range(X.shape[0]):
+                    q = action_value(
+                        problem, i, space.p[st, i], X[ch][space.succ_s[st, i]],
+                        X[ch][space.succ_f[st, i]], X[ch][d, 0] if d[0] >= 0 else None,
+                        gain=gains[ch, i], spend_weight=spend[ch],
+                    )
+                    acc[ch, sel] += np.where(feasible, q, 0.0)
+                if policy is None:
+                    count[sel] += feasible
+            if policy is None:
+                acc /= np.maximum(count, 1)[None]
+            X[:, rows] = acc
+    return {"value": X[0], "compute": X[1], "p_reward": X[2:], "rewarded": rewarded}
+
+
+def rewarded_nodes(problem: PlanningProblem) -> list[int]:
+    return [int(i) for i in np.flatnonzero(problem.reward > 0)]

@@ -1,0 +1,167 @@
+"""A roadmap compiled into the arrays the solvers work on."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import networkx as nx
+import numpy as np
+
+from derisk.errors import SolverError
+from derisk.graphs import Conditional, Roadmap
+
+# Status codes of one experiment inside a state.
+UNTRIED, SUCCESS, FAILED, DEAD = 0, 1, 2, 3
+# DEAD means "did not succeed, and its outcome carries no evidence": an untried node
+# that can no longer matter, a run cut off by the budget, or a tried node whose outcome
+# no longer affects anything. Prerequisites treat FAILED and DEAD alike.
+
+MAX_NODES = 31  # two bits per node in an int64 state code
+MAX_HYPOTHESES = 10  # the belief is a vector over 2**H hypothesis configurations
+
+
+@dataclass(frozen=True, eq=False)
+class PlanningProblem:
+    """Everything a solver needs, in budget units of `resolution`.
+
+    Attributes:
+        ids: experiment ids, index i is node i.
+        levels: number of budget levels minus one; values exist for b = 0..levels.
+        cost_units / cost_probs: per node, the discretised cost distribution.
+        p_table: (n, C) success probability of each node under each of the C = 2**H
+            hypothesis configurations (rows equal across C without hypotheses).
+        prior: (C,) prior over hypothesis configurations.
+        hyp_of: (n,) index of the hypothesis node i depends on, or -1.
+        clauses: per node, tuple of bit masks; node i needs, for every mask, one success.
+        topo: node indices in topological order.
+        price_per_unit: reward lost per budget unit spent.
+        start_status / start_budget: where planning starts (recorded outcomes).
+    """
+
+    ids: tuple[str, ...]
+    titles: tuple[str, ...]
+    reward: np.ndarray
+    cost_units: tuple[np.ndarray, ...]
+    cost_probs: tuple[np.ndarray, ...]
+    p_table: np.ndarray
+    prior: np.ndarray
+    hyp_of: np.ndarray
+    hypotheses: tuple[str, ...]
+    clauses: tuple[tuple[int, ...], ...]
+    topo: tuple[int, ...]
+    levels: int
+    resolution: float
+    unit: str | None
+    price_per_unit: float
+    start_status: np.ndarray
+    start_budget: int
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def min_cost(self) -> np.ndarray:
+        return np.array([c[0] for c in self.cost_units], dtype=np.int64)
+
+    @property
+    def mean_cost(self) -> np.ndarray:
+        return np.array([float(c @ q) for c, q in zip(self.cost_units, self.cost_probs,
+                                                      strict=True)])
+
+    def budget_of(self, level: int | np.ndarray) -> float | np.ndarray:
+        return level * self.resolution
+
+    def level_of(self, budget: float) -> int:
+        return int(np.floor(budget / self.resolution + 1e-9))
+
+
+def compile_roadmap(
+    roadmap: Roadmap,
+    *,
+    budget: float | None = None,
+    resolution: float | None = None,
+    outcomes: dict[str, str] | None = None,
+    spent: float = 0.0,
+    cost_bins: int = 8,
+) -> PlanningProblem:
+    """Turn a validated roadmap into a `PlanningProblem`.
+
+    Args:
+        budget: overrides the roadmap's budget (the top budget level).
+        resolution: overrides the budget step.
+        outcomes: recorded results, id -> "success" | "failure".
+        spent: compute already spent (in the roadmap's unit), taken off the budget.
+        cost_bins: equal-probability bins for a lognormal cost.
+    """
+    n = len(roadmap.experiments)
+    if n > MAX_NODES:
+        raise SolverError(
+            f"{roadmap.source}: {n} experiments; the exact planner handles at most {MAX_NODES}. "
+            "Merge experiments that always run together, or split the roadmap into phases."
+        )
+    hyps = tuple(roadmap.hypotheses)
+    if len(hyps) > MAX_HYPOTHESES:
+        raise SolverError(f"{roadmap.source}: {len(hyps)} hypotheses; at most {MAX_HYPOTHESES}.")
+    total = roadmap.budget if budget is None else float(budget)
+    if not np.isfinite(total) or total < 0:
+        raise SolverError(f"budget must be a non-negative number, got {budget!r}")
+    if resolution is not None:
+        res = float(resolution)
+    else:
+        res = replace(roadmap, budget=total).effective_resolution()
+    if not (np.isfinite(res) and res > 0):
+        raise SolverError(f"resolution must be a positive number, got {resolution!r}")
+    levels = int(np.floor(total / res + 1e-9))
+    index = {e.id: i for i, e in enumerate(roadmap.experiments)}
+
+    configs = list(itertools.product((1, 0), repeat=len(hyps)))  # 1 = hypothesis true
+    priors = np.array([roadmap.hypotheses[h] for h in hyps])
+    prior = np.array([np.prod([priors[k] if c[k] else 1 - priors[k] for k in range(len(hyps))])
+                      for c in configs])
+    p_table = np.zeros((n, len(configs)))
+    hyp_of = np.full(n, -1, dtype=np.int64)
+    for i, e in enumerate(roadmap.experiments):
+        if isinstance(e.p, Conditional):
+            k = hyps.index(e.p.hypothesis)
+            hyp_of[i] = k
+            p_table[i] = [e.p.then if c[k] else e.p.otherwise for c in configs]
+        else:
+            p_table[i] = e.p
+
+    units, probs = [], []
+    for e in roadmap.experiments:
+        u, q = e.cost.levels(res, bins=cost_bins)
+        units.append(u)
+        probs.append(q)
+    clauses = tuple(
+        tuple(sum(1 << index[a] for a in clause) for clause in e.requires)
+        for e in roadmap.experiments
+    )
+    topo = tuple(index[i] for i in nx.topological_sort(roadmap.graph()))
+
+    status = np.zeros(n, dtype=np.int8)
+    for eid, outcome in (outcomes or {}).items():
+        status[index[eid]] = SUCCESS if outcome == "success" else FAILED
+    remaining = total - spent
+    start = max(0, int(np.floor(remaining / res + 1e-9)))
+    return PlanningProblem(
+        ids=tuple(e.id for e in roadmap.experiments),
+        titles=tuple(e.title for e in roadmap.experiments),
+        reward=np.array([e.reward for e in roadmap.experiments], dtype=np.float64),
+        cost_units=tuple(units),
+        cost_probs=tuple(probs),
+        p_table=p_table,
+        prior=prior,
+        hyp_of=hyp_of,
+        hypotheses=hyps,
+        clauses=clauses,
+        topo=topo,
+        levels=levels,
+        resolution=float(res),
+        unit=roadmap.unit,
+        price_per_unit=roadmap.compute_price * res,
+        start_status=status,
+        start_budget=min(start, levels),
+    )

@@ -1,0 +1,268 @@
+"""Reachable status-states: enumeration, canonical collapsing, beliefs, transitions.
+
+A status-state is one status per experiment (UNTRIED, SUCCESS, FAILED, DEAD), stored
+as a base-4 int64 code. Canonicalisation collapses states that cannot differ in value:
+untried nodes that can never run or can no longer help earn a reward become DEAD, and
+tried nodes whose outcome no longer matters (to the graph or to a belief) become DEAD.
+Every transition lowers the number of UNTRIED nodes, so states sorted by that count
+form the layers of an exact backward induction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from derisk.errors import ProblemTooLarge
+from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED, PlanningProblem
+
+_POW4 = 4 ** np.arange(32, dtype=np.int64)
+
+
+def encode(status: np.ndarray) -> np.ndarray:
+    """(F, n) int8 statuses -> (F,) int64 codes."""
+    return status.astype(np.int64) @ _POW4[: status.shape[1]]
+
+
+def decode(codes: np.ndarray, n: int) -> np.ndarray:
+    """(F,) int64 codes -> (F, n) int8 statuses."""
+    return ((codes[:, None] // _POW4[None, :n]) % 4).astype(np.int8)
+
+
+def _success_masks(status: np.ndarray) -> np.ndarray:
+    bits = (np.int64(1) << np.arange(status.shape[1], dtype=np.int64))
+    return (status == SUCCESS).astype(np.int64) @ bits
+
+
+def _clause_ok(mask_ok: np.ndarray, clause: int) -> np.ndarray:
+    return (mask_ok & np.int64(clause)) != 0
+
+
+def available(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
+    """(F, n) bool: untried and every prerequisite clause has a success."""
+    smask = _success_masks(status)
+    out = status == UNTRIED
+    for i, clauses in enumerate(problem.clauses):
+        for c in clauses:
+            out[:, i] &= _clause_ok(smask, c)
+    return out
+
+
+def canonicalize(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
+    """Collapse statuses that cannot change the value; returns a new (F, n) array."""
+    status = status.copy()
+    n = problem.n
+    F = status.shape[0]
+    bits = np.int64(1) << np.arange(n, dtype=np.int64)
+    untried = status == UNTRIED
+    # alive: untried and could still become runnable (each clause has a success or an
+    # alive alternative). `can` = succeeded or alive, as a bit mask.
+    alive = np.zeros((F, n), dtype=bool)
+    can = _success_masks(status)
+    for i in problem.topo:
+        ok = untried[:, i].copy()
+        for c in problem.clauses[i]:
+            ok &= _clause_ok(can, c)
+        alive[:, i] = ok
+        can |= np.where(ok, bits[i], np.int64(0))
+    smask = _success_masks(status)
+    # useful: alive and on a path to a reward, or informative about a hypothesis that a
+    # useful node depends on. Iterate to a fixed point (informative nodes make their own
+    # prerequisites useful).
+    target = alive & (problem.reward > 0)[None, :]
+    hyp = problem.hyp_of
+    while True:
+        useful = target.copy()
+        # propagate to prerequisites: i helps j if i is in a clause of useful j that
+        # has no success yet.
+        for j in reversed(problem.topo):
+            for c in problem.clauses[j]:
+                need = useful[:, j] & ~_clause_ok(smask, c)
+                for i in range(n):
+                    if c >> i & 1:
+                        useful[:, i] |= need & alive[:, i]
+        new_target = target.copy()
+        for h in range(len(problem.hypotheses)):
+            nodes = np.flatnonzero(hyp == h)
+            if len(nodes) < 2:
+                continue
+            count = useful[:, nodes].sum(axis=1)
+            for i in nodes:
+                others = count - useful[:, i]
+                new_target[:, i] |= alive[:, i] & (others > 0)
+        if np.array_equal(new_target, target):
+            break
+        target = new_target
+    # untried and not useful -> DEAD
+    status[untried & ~useful] = DEAD
+    # tried nodes: keep the outcome only if it still matters.
+    keep = np.zeros((F, n), dtype=bool)
+    for h in range(len(problem.hypotheses)):
+        nodes = np.flatnonzero(hyp == h)
+        if len(nodes):
+            relevant = useful[:, nodes].any(axis=1)
+            keep[:, nodes] |= relevant[:, None]
+    for j in range(n):
+        for c in problem.clauses[j]:
+            for i in range(n):
+                if c >> i & 1:
+                    keep[:, i] |= useful[:, j] & (status[:, i] == SUCCESS)
+    tried = (status == SUCCESS) | (status == FAILED)
+    status[tried & ~keep] = DEAD
+    return status
+
+
+def beliefs(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
+    """(F, n) posterior success probability of each node given the observed outcomes.
+
+    Bayes' rule over the C hypothesis configurations; SUCCESS and FAILED are evidence,
+    UNTRIED and DEAD are not. Without hypotheses this is just p.
+    """
+    if not problem.hypotheses:
+        return np.broadcast_to(problem.p_table[:, 0], status.shape).copy()
+    w = np.broadcast_to(problem.prior, (status.shape[0], len(problem.prior))).copy()
+    for i in np.flatnonzero(problem.hyp_of >= 0):
+        s = status[:, i]
+        lik = np.where((s == SUCCESS)[:, None], problem.p_table[i][None, :],
+                       np.where((s == FAILED)[:, None], 1 - problem.p_table[i][None, :], 1.0))
+        w *= lik
+    total = w.sum(axis=1, keepdims=True)
+    # A history of probability zero is never reached; any belief will do there.
+    w = np.where(total > 0, w / np.where(total > 0, total, 1), problem.prior[None, :])
+    return w @ problem.p_table.T
+
+
+@dataclass(frozen=True, eq=False)
+class StateSpace:
+    """All reachable canonical status-states and their transitions.
+
+    codes: (S,) sorted int64 codes. status: (S, n). untried: (S,) count of UNTRIED.
+    avail: (S, n) whether node i can run (ignoring budget). p: (S, n) posterior p.
+    succ_s / succ_f / succ_d: (S, n) int64 index of the state after success, failure,
+    and a budget cut-off (-1 where node i is not available).
+    root: index of the start state.
+    """
+
+    codes: np.ndarray
+    status: np.ndarray
+    untried: np.ndarray
+    avail: np.ndarray
+    p: np.ndarray
+    succ_s: np.ndarray
+    succ_f: np.ndarray
+    succ_d: np.ndarray
+    root: int
+
+    @property
+    def size(self) -> int:
+        return len(self.codes)
+
+    @property
+    def pairs(self) -> int:
+        return int(self.avail.sum())
+
+    def index(self, codes: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.codes, codes)
+        idx = np.minimum(idx, len(self.codes) - 1)
+        if not np.all(self.codes[idx] == codes):
+            raise KeyError("state not in the state space")
+        return idx
+
+    def layers(self) -> list[np.ndarray]:
+        """State indices grouped by untried count, fewest first (solve order)."""
+        order = np.argsort(self.untried, kind="stable")
+        counts = np.bincount(self.untried, minlength=int(self.untried.max()) + 1)
+        return [g for g in np.split(order, np.cumsum(counts)[:-1]) if len(g)]
+
+
+def estimate_bytes(states: int, levels: int, n: int) -> int:
+    """Peak memory of an exact solve: values, policy, transitions and temporaries."""
+    per_state = (levels + 1) * (8 + 1) + n * (1 + 1 + 8 + 3 * 8)
+    return states * per_state + 64 * 2**20
+
+
+def enumerate_states(
+    problem: PlanningProblem, *, max_states: int = 2_000_000, max_bytes: int = 8 * 2**30
+) -> StateSpace:
+    """Enumerate reachable canonical states layer by layer (vectorised).
+
+    Raises `ProblemTooLarge` as soon as the count passes `max_states` or the memory
+    estimate passes `max_bytes`, before anything large is allocated.
+    """
+    n = problem.n
+    start = canonicalize(problem, problem.start_status[None, :])
+    stochastic = np.array([len(c) > 1 for c in problem.cost_units])
+    pending: dict[int, list[np.ndarray]] = {}
+    root_code = encode(start)[0]
+    pending.setdefault(int((start == UNTRIED).sum()), []).append(np.array([root_code]))
+    layers_codes, layers_status = [], []
+    trans = []  # (layer position, node, codes of s/f/d successors)
+    total = 0
+    u = max(pending)
+    while u >= 0:
+        if u not in pending:
+            u -= 1
+            continue
+        codes = np.unique(np.concatenate(pending.pop(u)))
+        total += len(codes)
+        need = estimate_bytes(total, problem.levels, n)
+        if total > max_states or need > max_bytes:
+            raise ProblemTooLarge(
+                f"at least {total:,} reachable states x {problem.levels + 1} budget levels "
+                f"(~{need / 2**30:.1f} GiB), over the limit of {max_states:,} states / "
+                f"{max_bytes / 2**30:.1f} GiB",
+                states=total, levels=problem.levels + 1, bytes_needed=need)
+        status = decode(codes, n)
+        av = available(problem, status)
+        layer_trans = []
+        for i in range(n):
+            rows = np.flatnonzero(av[:, i])
+            if not len(rows):
+                continue
+            outs = []
+            for outcome in (SUCCESS, FAILED, DEAD):
+                if outcome == DEAD and not stochastic[i]:
+                    outs.append(None)
+                    continue
+                nxt = status[rows].copy()
+                nxt[:, i] = outcome
+                nxt = canonicalize(problem, nxt)
+                c = encode(nxt)
+                outs.append(c)
+                k = (nxt == UNTRIED).sum(axis=1)
+                for kk in np.unique(k):
+                    pending.setdefault(int(kk), []).append(c[k == kk])
+            layer_trans.append((i, rows, outs))
+        layers_codes.append(codes)
+        layers_status.append(status)
+        trans.append(layer_trans)
+        u -= 1
+
+    all_codes = np.concatenate(layers_codes)
+    order = np.argsort(all_codes)
+    codes = all_codes[order]
+    status = np.concatenate(layers_status)[order]
+    S = len(codes)
+    offsets = np.cumsum([0] + [len(c) for c in layers_codes])
+    inv = np.empty(S, dtype=np.int64)
+    inv[order] = np.arange(S)  # position in concatenation -> sorted index
+    succ = [np.full((S, n), -1, dtype=np.int64) for _ in range(3)]
+    for li, layer_trans in enumerate(trans):
+        for i, rows, outs in layer_trans:
+            src = inv[offsets[li] + rows]
+            for k, c in enumerate(outs):
+                if c is not None:
+                    succ[k][src, i] = np.searchsorted(codes, c)
+    av = succ[0] >= 0
+    return StateSpace(
+        codes=codes,
+        status=status,
+        untried=(status == UNTRIED).sum(axis=1).astype(np.int64),
+        avail=av,
+        p=beliefs(problem, status),
+        succ_s=succ[0],
+        succ_f=succ[1],
+        succ_d=succ[2],
+        root=int(np.searchsorted(codes, root_code)),
+    )
