@@ -3,6 +3,13 @@
 from importlib import resources
 from pathlib import Path
 
+from derisk.graphs._edit import (
+    load_state,
+    load_with_overrides,
+    record_outcomes,
+    state_path,
+    write_atomic,
+)
 from derisk.graphs._generate import random_roadmap
 from derisk.graphs._load import load_roadmap, roadmap_from_dict, suspicious
 from derisk.graphs._model import Conditional, Cost, Experiment, Roadmap
@@ -15,6 +22,11 @@ __all__ = [
     "example_path",
     "examples",
     "load_roadmap",
+    "load_state",
+    "load_with_overrides",
+    "record_outcomes",
+    "state_path",
+    "write_atomic",
     "random_roadmap",
     "roadmap_from_dict",
     "suspicious",

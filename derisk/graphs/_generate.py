@@ -62,8 +62,11 @@ def random_roadmap(
                 e["after"] = [f"e{i}" for i in parents]
         if hyp_names and rng.random() < 0.5:
             hi, lo = sorted(rng.uniform(0.05, 0.95, size=2))[::-1]
-            e["p"] = {"if": str(rng.choice(hyp_names)), "then": round(float(hi), 3),
-                      "else": round(float(lo), 3)}
+            e["p"] = {
+                "if": str(rng.choice(hyp_names)),
+                "then": round(float(hi), 3),
+                "else": round(float(lo), 3),
+            }
         else:
             e["p"] = round(float(rng.uniform(0.2, 0.95)), 3)
         if rng.random() < stochastic_costs:

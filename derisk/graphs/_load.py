@@ -214,8 +214,10 @@ def _quantity(ck: _Checker, value: Any, mark: _Mark | None, what: str):
             unit, factor = UNITS[unit_text.lower()]
             amount *= factor
     else:
-        ck.err(mark, f"{what} must be a number with an optional unit (e.g. `40 gpu_hours`), "
-               f"got {value!r}")
+        ck.err(
+            mark,
+            f"{what} must be a number with an optional unit (e.g. `40 gpu_hours`), got {value!r}",
+        )
         return None
     if not math.isfinite(amount):
         ck.err(mark, f"{what} must be finite, got {value!r}")
@@ -239,8 +241,10 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
     data = _locate(data)
     ck = _Checker(source)
     if not isinstance(data, dict):
-        ck.err(getattr(data, "mark", None), "a roadmap must be a mapping with `budget` and "
-               "`experiments`")
+        ck.err(
+            getattr(data, "mark", None),
+            "a roadmap must be a mapping with `budget` and `experiments`",
+        )
         raise RoadmapError(ck.problems)
     ck.unknown_keys(data, TOP_KEYS, "the roadmap")
     vm = data.value_marks
@@ -278,15 +282,20 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
     if "compute_price" in data:
         price = _number(data["compute_price"])
         if price is None or price < 0 or not math.isfinite(price):
-            ck.err(vm.get("compute_price"), "`compute_price` must be a non-negative number "
-                   f"(reward lost per unit of compute), got {data['compute_price']!r}")
+            ck.err(
+                vm.get("compute_price"),
+                "`compute_price` must be a non-negative number "
+                f"(reward lost per unit of compute), got {data['compute_price']!r}",
+            )
             price = 0.0
     fpgh = None
     if "flops_per_gpu_hour" in data:
         fpgh = _number(data["flops_per_gpu_hour"])
         if fpgh is None or fpgh <= 0:
-            ck.err(vm.get("flops_per_gpu_hour"), "`flops_per_gpu_hour` must be a positive "
-                   "number (peak FLOP/s x utilisation x 3600)")
+            ck.err(
+                vm.get("flops_per_gpu_hour"),
+                "`flops_per_gpu_hour` must be a positive number (peak FLOP/s x utilisation x 3600)",
+            )
             fpgh = None
 
     hypotheses: dict[str, float] = {}
@@ -294,12 +303,15 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
     if "hypotheses" in data:
         hyp = data["hypotheses"]
         if not isinstance(hyp, dict):
-            ck.err(vm.get("hypotheses"), "`hypotheses` must map names to prior probabilities, "
-                   "e.g. `routing_stable: 0.6`")
+            ck.err(
+                vm.get("hypotheses"),
+                "`hypotheses` must map names to prior probabilities, e.g. `routing_stable: 0.6`",
+            )
         else:
             for key, value in hyp.items():
-                prior = _probability(ck, value, hyp.value_marks.get(key),
-                                     f"prior of hypothesis `{key}`")
+                prior = _probability(
+                    ck, value, hyp.value_marks.get(key), f"prior of hypothesis `{key}`"
+                )
                 if prior is not None:
                     hypotheses[str(key)] = prior
                     hyp_marks[str(key)] = hyp.key_marks.get(key)
@@ -332,8 +344,10 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         eid = str(eid)
         if eid in ids:
             first = ids[eid]
-            ck.err(item.value_marks.get("id"),
-                   f"duplicate experiment id `{eid}` (first defined on line {first.line})")
+            ck.err(
+                item.value_marks.get("id"),
+                f"duplicate experiment id `{eid}` (first defined on line {first.line})",
+            )
         else:
             ids[eid] = item.value_marks.get("id")
 
@@ -368,10 +382,12 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
             exp["p"] = _p(ck, item["p"], ivm.get("p"), what, hypotheses, hyp_marks)
         elif success is not None:
             law = success.get("law", "chinchilla") if isinstance(success, dict) else "?"
-            ck.err(ivm.get("success"),
-                   f"{what} takes its p from the fitted law `{law}`, but no law is fitted in "
-                   "this version (scaling fits come with `derisk fit`); give `p:` directly "
-                   "for now")
+            ck.err(
+                ivm.get("success"),
+                f"{what} takes its p from the fitted law `{law}`, but no law is fitted in "
+                "this version (scaling fits come with `derisk fit`); give `p:` directly "
+                "for now",
+            )
         else:
             ck.err(m, f"{what} has no `p` (its probability of success, e.g. `p: 0.7`)")
 
@@ -379,9 +395,11 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         if "cost" in item:
             exp["cost"] = _cost(ck, item["cost"], ivm.get("cost"), what, quantity)
         elif train is not None:
-            ck.err(ivm.get("train"),
-                   f"{what} takes its cost from `train:`, which needs the FLOP and hardware "
-                   "cost models (not in this version); give `cost:` directly for now")
+            ck.err(
+                ivm.get("train"),
+                f"{what} takes its cost from `train:`, which needs the FLOP and hardware "
+                "cost models (not in this version); give `cost:` directly for now",
+            )
         else:
             ck.err(m, f"{what} has no `cost` (e.g. `cost: 40 gpu_hours`)")
 
@@ -389,8 +407,10 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         if "reward" in item:
             r = _number(item["reward"])
             if r is None or not math.isfinite(r) or r < 0:
-                ck.err(ivm.get("reward"),
-                       f"`reward` of {what} must be a non-negative number, got {item['reward']!r}")
+                ck.err(
+                    ivm.get("reward"),
+                    f"`reward` of {what} must be a non-negative number, got {item['reward']!r}",
+                )
             else:
                 exp["reward"] = r
         exp["train"] = dict(train) if isinstance(train, dict) else None
@@ -407,8 +427,10 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
                     g.add_edge(pre, e["id"])
     for cycle_nodes in _cycles(g):
         loop = " -> ".join([*cycle_nodes, cycle_nodes[0]])
-        ck.err(ids.get(cycle_nodes[0]),
-               f"prerequisites form a cycle: {loop}; a roadmap must be acyclic")
+        ck.err(
+            ids.get(cycle_nodes[0]),
+            f"prerequisites form a cycle: {loop}; a roadmap must be acyclic",
+        )
 
     # Units.
     unit = budget_q[1] if budget_q else None
@@ -421,9 +443,12 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         elif fpgh is not None and {u, unit} == {"flops", "gpu_hours"}:
             converted[idx] = amount / fpgh if u == "flops" else amount * fpgh
         else:
-            ck.err(mark, f"{what} is in {u} but the roadmap's budget is in {unit}; give it in "
-                   f"{unit}, or add `flops_per_gpu_hour:` (peak FLOP/s x utilisation x 3600) "
-                   "at the top level so derisk can convert")
+            ck.err(
+                mark,
+                f"{what} is in {u} but the roadmap's budget is in {unit}; give it in "
+                f"{unit}, or add `flops_per_gpu_hour:` (peak FLOP/s x utilisation x 3600) "
+                "at the top level so derisk can convert",
+            )
 
     if ck.problems:
         raise RoadmapError(ck.problems)
@@ -438,13 +463,28 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
     for e in parsed:
         c = e["cost"]
         cost = Cost(median=conv(c[0]), p90=conv(c[1]) if c[1] is not None else None)
-        experiments.append(Experiment(
-            id=e["id"], title=e["title"], requires=e["requires"], p=e["p"], cost=cost,
-            reward=e.get("reward", 0.0), train=e["train"], success=e["success"], line=e["line"],
-        ))
+        experiments.append(
+            Experiment(
+                id=e["id"],
+                title=e["title"],
+                requires=e["requires"],
+                p=e["p"],
+                cost=cost,
+                reward=e.get("reward", 0.0),
+                train=e["train"],
+                success=e["success"],
+                line=e["line"],
+            )
+        )
     roadmap = Roadmap(
-        name=name, experiments=tuple(experiments), budget=budget, unit=unit,
-        resolution=resolution, compute_price=price, hypotheses=hypotheses, source=source,
+        name=name,
+        experiments=tuple(experiments),
+        budget=budget,
+        unit=unit,
+        resolution=resolution,
+        compute_price=price,
+        hypotheses=hypotheses,
+        source=source,
     )
     for message in suspicious(roadmap):
         warnings.warn(message, DeriskWarning, stacklevel=2)
@@ -497,8 +537,10 @@ def _requires(ck, value, mark, eid, ids) -> list[tuple[str, ...]]:
     def clause(x, m) -> tuple[str, ...] | None:
         if isinstance(x, dict):
             if set(x) != {"any"} or not isinstance(x["any"], list) or not x["any"]:
-                ck.err(m, f"an alternatives group in `{eid}`'s `after` must be "
-                       "`{any: [id, id, ...]}`")
+                ck.err(
+                    m,
+                    f"an alternatives group in `{eid}`'s `after` must be `{{any: [id, id, ...]}}`",
+                )
                 return None
             alts = [ref(a, am) for a, am in zip(x["any"], x["any"].item_marks, strict=True)]
             return tuple(dict.fromkeys(a for a in alts if a is not None)) or None
@@ -517,19 +559,28 @@ def _p(ck, value, mark, what, hypotheses, hyp_marks):
         ck.unknown_keys(value, ("if", "then", "else"), f"`p` of {what}")
         missing = [k for k in ("if", "then", "else") if k not in value]
         if missing:
-            ck.err(mark, f"conditional `p` of {what} needs `if`, `then` and `else` "
-                   f"(missing: {', '.join(missing)})")
+            ck.err(
+                mark,
+                f"conditional `p` of {what} needs `if`, `then` and `else` "
+                f"(missing: {', '.join(missing)})",
+            )
             return 0.0
         h = value["if"]
         if str(h) not in hypotheses:
             close = difflib.get_close_matches(str(h), list(hypotheses), n=1)
-            hint = f"; did you mean `{close[0]}`?" if close else (
-                "; declare it under `hypotheses:` with a prior" if not hypotheses else "")
-            ck.err(value.value_marks.get("if"), f"`p` of {what} depends on unknown hypothesis "
-                   f"`{h}`{hint}")
+            hint = (
+                f"; did you mean `{close[0]}`?"
+                if close
+                else ("; declare it under `hypotheses:` with a prior" if not hypotheses else "")
+            )
+            ck.err(
+                value.value_marks.get("if"),
+                f"`p` of {what} depends on unknown hypothesis `{h}`{hint}",
+            )
         then = _probability(ck, value["then"], value.value_marks.get("then"), f"`p.then` of {what}")
-        other = _probability(ck, value["else"], value.value_marks.get("else"),
-                             f"`p.else` of {what}")
+        other = _probability(
+            ck, value["else"], value.value_marks.get("else"), f"`p.else` of {what}"
+        )
         return Conditional(hypothesis=str(h), then=then or 0.0, otherwise=other or 0.0)
     p = _probability(ck, value, mark, f"`p` of {what}")
     return p if p is not None else 0.0
@@ -539,17 +590,25 @@ def _cost(ck, value, mark, what, quantity):
     if isinstance(value, dict):
         ck.unknown_keys(value, ("median", "p90"), f"`cost` of {what}")
         if "median" not in value or "p90" not in value:
-            ck.err(mark, f"a stochastic `cost` of {what} needs `median` and `p90`, "
-                   "e.g. `{median: 40 gpu_hours, p90: 80 gpu_hours}`")
+            ck.err(
+                mark,
+                f"a stochastic `cost` of {what} needs `median` and `p90`, "
+                "e.g. `{median: 40 gpu_hours, p90: 80 gpu_hours}`",
+            )
             return ((0.0, None), None)
         med = quantity(value["median"], value.value_marks.get("median"), f"`cost.median` of {what}")
         p90 = quantity(value["p90"], value.value_marks.get("p90"), f"`cost.p90` of {what}")
         if med and p90 and p90[0] < med[0] and p90[1] == med[1]:
-            ck.err(value.value_marks.get("p90"), f"`cost.p90` of {what} must be at least its "
-                   f"median ({value['median']}), got {value['p90']}")
+            ck.err(
+                value.value_marks.get("p90"),
+                f"`cost.p90` of {what} must be at least its "
+                f"median ({value['median']}), got {value['p90']}",
+            )
         if med and p90 and med[0] <= 0 and p90[0] > 0:
-            ck.err(value.value_marks.get("median"),
-                   f"`cost.median` of {what} must be positive when p90 is given")
+            ck.err(
+                value.value_marks.get("median"),
+                f"`cost.median` of {what} must be positive when p90 is given",
+            )
         return (med or (0.0, None), p90)
     q = quantity(value, mark, f"`cost` of {what}")
     return (q or (0.0, None), None)
@@ -569,13 +628,18 @@ def _check_train(ck, train, mark, what):
         elif kind is not None:
             x = _number(value)
             if x is None or x <= 0 or (kind is int and not float(x).is_integer()):
-                ck.err(m, f"`train.{key}` of {what} must be a positive "
-                       f"{'integer' if kind is int else 'number'}, got {value!r}")
+                ck.err(
+                    m,
+                    f"`train.{key}` of {what} must be a positive "
+                    f"{'integer' if kind is int else 'number'}, got {value!r}",
+                )
     if train.get("arch") == "moe" and isinstance(train.get("experts"), int):
         top_k = train.get("top_k")
         if isinstance(top_k, int) and top_k > train["experts"]:
-            ck.err(train.value_marks.get("top_k"),
-                   f"`train.top_k` of {what} ({top_k}) exceeds `experts` ({train['experts']})")
+            ck.err(
+                train.value_marks.get("top_k"),
+                f"`train.top_k` of {what} ({top_k}) exceeds `experts` ({train['experts']})",
+            )
 
 
 def _check_success(ck, success, mark, what):
@@ -586,8 +650,10 @@ def _check_success(ck, success, mark, what):
     if "loss_below" not in success:
         ck.err(mark, f"`success` of {what} needs `loss_below`")
     elif _number(success["loss_below"]) is None or _number(success["loss_below"]) <= 0:
-        ck.err(success.value_marks.get("loss_below"),
-               f"`success.loss_below` of {what} must be a positive number")
+        ck.err(
+            success.value_marks.get("loss_below"),
+            f"`success.loss_below` of {what} must be a positive number",
+        )
 
 
 def suspicious(roadmap: Roadmap) -> list[str]:
@@ -611,12 +677,16 @@ def suspicious(roadmap: Roadmap) -> list[str]:
     for e in roadmap.experiments:
         at = f"{where}:{e.line}" if e.line else where
         if e.reward > 0 and cheapest[e.id] > roadmap.budget:
-            out.append(f"{at}: reward of `{e.id}` cannot be earned within the budget "
-                       f"(cheapest path costs {cheapest[e.id]:g}, budget is {roadmap.budget:g})")
+            out.append(
+                f"{at}: reward of `{e.id}` cannot be earned within the budget "
+                f"(cheapest path costs {cheapest[e.id]:g}, budget is {roadmap.budget:g})"
+            )
         if not isinstance(e.p, Conditional) and e.p == 0:
             out.append(f"{at}: `{e.id}` has p = 0 and can never succeed")
         informative = isinstance(e.p, Conditional) and hyp_users[e.p.hypothesis] > 1
         if e.reward == 0 and g.out_degree(e.id) == 0 and not informative:
-            out.append(f"{at}: nothing depends on `{e.id}` and it earns nothing; the planner "
-                       "will never run it")
+            out.append(
+                f"{at}: nothing depends on `{e.id}` and it earns nothing; the planner "
+                "will never run it"
+            )
     return out

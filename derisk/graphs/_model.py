@@ -142,9 +142,7 @@ class Roadmap:
         """The budget step: as given, else the gcd of integer costs, else budget/200."""
         if self.resolution is not None:
             return self.resolution
-        amounts = [self.budget] + [
-            e.cost.median for e in self.experiments if not e.cost.stochastic
-        ]
+        amounts = [self.budget] + [e.cost.median for e in self.experiments if not e.cost.stochastic]
         if all(float(a).is_integer() for a in amounts):
             g = 0
             for a in amounts:

@@ -35,8 +35,14 @@ def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None):
                 st = rows[sel]
                 d = space.succ_d[st, i]
                 q = action_value(
-                    problem, i, space.p[st, i], V[space.succ_s[st, i]], V[space.succ_f[st, i]],
-                    V[d, 0] if d[0] >= 0 else None, gain=problem.reward[i], spend_weight=price,
+                    problem,
+                    i,
+                    space.p[st, i],
+                    V[space.succ_s[st, i]],
+                    V[space.succ_f[st, i]],
+                    V[d, 0] if d[0] >= 0 else None,
+                    gain=problem.reward[i],
+                    spend_weight=price,
                 )
                 cur = best[sel]
                 np.maximum(cur, q, out=cur)
@@ -94,9 +100,14 @@ def evaluate_policy(problem: PlanningProblem, space: StateSpace, policy: np.ndar
                 feasible = chosen & (np.arange(L) >= problem.cost_units[i][0])[None, :]
                 for ch in range(X.shape[0]):
                     q = action_value(
-                        problem, i, space.p[st, i], X[ch][space.succ_s[st, i]],
-                        X[ch][space.succ_f[st, i]], X[ch][d, 0] if d[0] >= 0 else None,
-                        gain=gains[ch, i], spend_weight=spend[ch],
+                        problem,
+                        i,
+                        space.p[st, i],
+                        X[ch][space.succ_s[st, i]],
+                        X[ch][space.succ_f[st, i]],
+                        X[ch][d, 0] if d[0] >= 0 else None,
+                        gain=gains[ch, i],
+                        spend_weight=spend[ch],
                     )
                     acc[ch, sel] += np.where(feasible, q, 0.0)
                 if policy is None:

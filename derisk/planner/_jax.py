@@ -51,19 +51,26 @@ def solve_jax(problem: PlanningProblem, space: StateSpace, progress=None):
     for i, (c, q) in enumerate(zip(problem.cost_units, problem.cost_probs, strict=True)):
         cu[i, : len(c)], cq[i, : len(c)] = c, q
     arrays = dict(
-        st=padded(st, S), node=padded(node, 0),
-        ss=padded(dummy(space.succ_s[st, node]), S), sf=padded(dummy(space.succ_f[st, node]), S),
-        sd=padded(dummy(space.succ_d[st, node]), S), p=padded(space.p[st, node], 0.0),
+        st=padded(st, S),
+        node=padded(node, 0),
+        ss=padded(dummy(space.succ_s[st, node]), S),
+        sf=padded(dummy(space.succ_f[st, node]), S),
+        sd=padded(dummy(space.succ_d[st, node]), S),
+        p=padded(space.p[st, node], 0.0),
     )
     with _x64():
         dev = {k: jnp.asarray(v) for k, v in arrays.items()}
         consts = dict(
-            cu=jnp.asarray(cu), cq=jnp.asarray(cq), lo=jnp.asarray(problem.min_cost),
-            reward=jnp.asarray(problem.reward), price=float(problem.price_per_unit),
+            cu=jnp.asarray(cu),
+            cq=jnp.asarray(cq),
+            lo=jnp.asarray(problem.min_cost),
+            reward=jnp.asarray(problem.reward),
+            price=float(problem.price_per_unit),
         )
         max_sweeps = int(space.untried.max()) + 2
-        V, sweeps, policy = _run(dev, consts, S=S, L=L, n=n, chunk=chunk, n_chunks=n_chunks,
-                                 K=K, max_sweeps=max_sweeps)
+        V, sweeps, policy = _run(
+            dev, consts, S=S, L=L, n=n, chunk=chunk, n_chunks=n_chunks, K=K, max_sweeps=max_sweeps
+        )
         V = np.asarray(jax.device_get(V))[:S]
         policy = np.asarray(jax.device_get(policy))[:S]
     if progress is not None:

@@ -67,8 +67,9 @@ class PlanningProblem:
 
     @property
     def mean_cost(self) -> np.ndarray:
-        return np.array([float(c @ q) for c, q in zip(self.cost_units, self.cost_probs,
-                                                      strict=True)])
+        return np.array(
+            [float(c @ q) for c, q in zip(self.cost_units, self.cost_probs, strict=True)]
+        )
 
     def budget_of(self, level: int | np.ndarray) -> float | np.ndarray:
         return level * self.resolution
@@ -118,8 +119,9 @@ def compile_roadmap(
 
     configs = list(itertools.product((1, 0), repeat=len(hyps)))  # 1 = hypothesis true
     priors = np.array([roadmap.hypotheses[h] for h in hyps])
-    prior = np.array([np.prod([priors[k] if c[k] else 1 - priors[k] for k in range(len(hyps))])
-                      for c in configs])
+    prior = np.array(
+        [np.prod([priors[k] if c[k] else 1 - priors[k] for k in range(len(hyps))]) for c in configs]
+    )
     p_table = np.zeros((n, len(configs)))
     hyp_of = np.full(n, -1, dtype=np.int64)
     for i, e in enumerate(roadmap.experiments):

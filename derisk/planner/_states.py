@@ -31,7 +31,7 @@ def decode(codes: np.ndarray, n: int) -> np.ndarray:
 
 
 def _success_masks(status: np.ndarray) -> np.ndarray:
-    bits = (np.int64(1) << np.arange(status.shape[1], dtype=np.int64))
+    bits = np.int64(1) << np.arange(status.shape[1], dtype=np.int64)
     return (status == SUCCESS).astype(np.int64) @ bits
 
 
@@ -124,8 +124,11 @@ def beliefs(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
     w = np.broadcast_to(problem.prior, (status.shape[0], len(problem.prior))).copy()
     for i in np.flatnonzero(problem.hyp_of >= 0):
         s = status[:, i]
-        lik = np.where((s == SUCCESS)[:, None], problem.p_table[i][None, :],
-                       np.where((s == FAILED)[:, None], 1 - problem.p_table[i][None, :], 1.0))
+        lik = np.where(
+            (s == SUCCESS)[:, None],
+            problem.p_table[i][None, :],
+            np.where((s == FAILED)[:, None], 1 - problem.p_table[i][None, :], 1.0),
+        )
         w *= lik
     total = w.sum(axis=1, keepdims=True)
     # A history of probability zero is never reached; any belief will do there.
@@ -212,7 +215,10 @@ def enumerate_states(
                 f"at least {total:,} reachable states x {problem.levels + 1} budget levels "
                 f"(~{need / 2**30:.1f} GiB), over the limit of {max_states:,} states / "
                 f"{max_bytes / 2**30:.1f} GiB",
-                states=total, levels=problem.levels + 1, bytes_needed=need)
+                states=total,
+                levels=problem.levels + 1,
+                bytes_needed=need,
+            )
         status = decode(codes, n)
         av = available(problem, status)
         layer_trans = []

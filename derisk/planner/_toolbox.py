@@ -57,7 +57,8 @@ def toolbox_matrices(problem: PlanningProblem, space: StateSpace):
     if N > MAX_EXPLICIT_STATES:
         raise SolverError(
             f"the pymdptoolbox reference needs {N:,} explicit states (limit "
-            f"{MAX_EXPLICIT_STATES:,}); use the exact or jax solver for this roadmap")
+            f"{MAX_EXPLICIT_STATES:,}); use the exact or jax solver for this roadmap"
+        )
     T = N - 1
     price = problem.price_per_unit
     b = np.arange(L)
@@ -95,8 +96,9 @@ def toolbox_matrices(problem: PlanningProblem, space: StateSpace):
         rows.append(ill)
         cols.append(np.full(len(ill), T))
         vals.append(np.ones(len(ill)))
-        m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(N, N))
+        m = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(N, N)
+        )
         m.sum_duplicates()
         # Drop zero-probability entries (p = 0 or 1) so rows hold only real successors.
         m.eliminate_zeros()

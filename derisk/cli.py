@@ -1,0 +1,705 @@
+"""The `derisk` command line: parse, call one library function, render.
+
+Results go to stdout (JSON with --json, else rich text); progress, warnings and
+errors go to stderr, so `--json` output always parses. A user's mistake is one red
+line per problem and exit code 2; --debug shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.tree import Tree
+
+from derisk.errors import DeriskError, DeriskWarning, Problem, RoadmapError
+from derisk.graphs import (
+    Roadmap,
+    example_path,
+    examples,
+    load_roadmap,
+    load_state,
+    load_with_overrides,
+    record_outcomes,
+    state_path,
+)
+from derisk.graphs._load import _Checker, _quantity
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Plan research roadmaps: the next experiment, by exact value iteration under a "
+    "compute budget.",
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+_state = {"debug": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return x
+
+
+def emit(result: dict) -> None:
+    """The one JSON writer: stdout, fixed settings, NaN/inf as null."""
+    sys.stdout.write(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def command(fn):
+    """Run a command body: warnings to stderr, user errors as red lines + exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeriskWarning)
+            try:
+                return fn(*args, **kwargs)
+            except DeriskError as exc:
+                if _state["debug"]:
+                    raise
+                lines = (
+                    [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]
+                )
+                for line in lines:
+                    err.print(
+                        f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False
+                    )
+                raise typer.Exit(2) from None
+            finally:
+                for w in caught:
+                    if issubclass(w.category, DeriskWarning):
+                        err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+
+    return wrapper
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+):
+    _state["debug"] = debug
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _roadmap_arg(file: Path | None, sets: list[str] | None = None) -> tuple[Roadmap, Path]:
+    path = Path(file) if file is not None else example_path()
+    if sets:
+        return load_with_overrides(path, sets), path
+    return load_roadmap(path), path
+
+
+def _amount(text: str | None, roadmap: Roadmap, what: str) -> float | None:
+    """Parse `1500` or `1500 gpu_hours` into the roadmap's unit."""
+    if text is None:
+        return None
+    ck = _Checker(what)
+    q = _quantity(ck, text, None, what)
+    if q is None or q[0] < 0:
+        raise DeriskError(
+            f"{what} must be a non-negative number with an optional unit "
+            f"(e.g. 1500 or '1500 gpu_hours'), got {text!r}"
+        )
+    if q[1] is not None and roadmap.unit is not None and q[1] != roadmap.unit:
+        raise DeriskError(f"{what} is in {q[1]} but {roadmap.source} plans in {roadmap.unit}")
+    return q[0]
+
+
+def _progress():
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}/{task.total:,} states"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _solve(
+    roadmap: Roadmap,
+    *,
+    budget=None,
+    resolution=None,
+    solver="exact",
+    max_states=2_000_000,
+    max_memory_gb=8.0,
+    outcomes=None,
+    spent=0.0,
+):
+    from derisk.errors import ProblemTooLarge
+    from derisk.planner import SolveConfig, build_space, compile_roadmap, solve
+
+    problem = compile_roadmap(
+        roadmap, budget=budget, resolution=resolution, outcomes=outcomes, spent=spent
+    )
+    config = SolveConfig(solver=solver, max_states=max_states, max_memory_gb=max_memory_gb)
+    try:
+        space = build_space(problem, config)
+    except ProblemTooLarge as exc:
+        raise DeriskError(
+            f"{roadmap.source}: too large to solve exactly: {exc}. Use a coarser budget step "
+            f"(--resolution, now {problem.resolution:g}), fewer experiments, or raise "
+            "--max-states / --max-memory if the machine has room"
+        ) from None
+    with _progress() as bar:
+        task = bar.add_task(f"solving ({solver})", total=space.size)
+        sol = solve(problem, config=config, space=space, progress=lambda k: bar.advance(task, k))
+    return sol
+
+
+def _fmt(x: float, unit: str = "") -> str:
+    if x is None or not math.isfinite(x):
+        return "-"
+    if abs(x) < 1e-9:  # float noise from sums of equal paths
+        x = 0.0
+    s = f"{x:,.4g}" if abs(x) < 1e5 else f"{x:.3g}"
+    return f"{s} {unit}".strip()
+
+
+def _outcomes_from_state(roadmap: Roadmap, path: Path, fresh: bool):
+    if fresh:
+        return {}, 0.0
+    state = load_state(roadmap, state_path(path))
+    outcomes = {k: v["outcome"] for k, v in state.items()}
+    return outcomes, float(sum(v["spent"] for v in state.values()))
+
+
+SolverOpt = Annotated[str, typer.Option("--solver", help="exact | jax | mdptoolbox")]
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--budget", help="Budget to plan with, e.g. 1500 or '1500 gpu_hours' (default: the file's)."
+    ),
+]
+ResOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resolution", help="Budget step (default: the file's, else chosen automatically)."
+    ),
+]
+MaxStatesOpt = Annotated[
+    int, typer.Option("--max-states", help="Refuse problems with more reachable states than this.")
+]
+MaxMemOpt = Annotated[
+    float,
+    typer.Option("--max-memory", help="Refuse problems whose solve would need more GiB than this."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override, e.g. pilot.p=0.5, big.cost=1200, budget=3000 (repeatable)."
+    ),
+]
+
+
+# ---------------------------------------------------------------- plan
+
+
+@app.command()
+@command
+def plan(
+    file: Annotated[
+        Path | None, typer.Argument(help="Roadmap YAML/JSON (default: bundled example).")
+    ] = None,
+    budget: BudgetOpt = None,
+    resolution: ResOpt = None,
+    solver: SolverOpt = "exact",
+    depth: Annotated[int, typer.Option("--depth", help="Levels of the policy tree.")] = 3,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Ignore recorded outcomes.")] = False,
+    set_: SetOpt = None,
+    max_states: MaxStatesOpt = 2_000_000,
+    max_memory: MaxMemOpt = 8.0,
+    as_json: JsonOpt = False,
+):
+    """Recommend the next experiment and show what the plan is worth."""
+    from derisk.planner import plan_report
+
+    roadmap, path = _roadmap_arg(file, set_)
+    outcomes, spent = _outcomes_from_state(roadmap, path, fresh or file is None)
+    sol = _solve(
+        roadmap,
+        budget=_amount(budget, roadmap, "--budget"),
+        resolution=_amount(resolution, roadmap, "--resolution"),
+        solver=solver,
+        max_states=max_states,
+        max_memory_gb=max_memory,
+        outcomes=outcomes,
+        spent=spent,
+    )
+    rep = plan_report(sol, depth=depth)
+    unit = roadmap.unit_label()
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                "file": str(path),
+                "next": rep.next,
+                "value": rep.value,
+                "expected_compute": rep.expected_compute,
+                "p_reward": rep.p_reward,
+                "actions": rep.actions,
+                "heuristics": rep.heuristics,
+                "states": rep.states,
+                "solve_seconds": rep.solve_seconds,
+                "solver": solver,
+                "budget_left": rep.budget_left,
+                "unit": roadmap.unit,
+                "recorded": outcomes,
+                "tree": rep.tree,
+            }
+        )
+        return
+    out.print(f"[bold]{roadmap.name}[/]  ({path})")
+    recorded = f", {len(outcomes)} outcomes recorded" if outcomes else ""
+    out.print(
+        f"budget left {_fmt(rep.budget_left, unit)} in steps of "
+        f"{_fmt(sol.problem.resolution, unit)}{recorded}; {rep.states:,} states solved "
+        f"by {solver} in {rep.solve_seconds:.2f}s"
+    )
+    out.print()
+    if rep.next is None:
+        out.print("[bold]Next:[/] stop - no experiment is worth its compute from here.")
+    else:
+        title = sol.problem.titles[sol.problem.ids.index(rep.next)]
+        out.print(f"[bold green]Next:[/] [bold]{rep.next}[/]" + (f" - {title}" if title else ""))
+    compute = _fmt(rep.expected_compute, unit)
+    out.print(f"Expected value {_fmt(rep.value)}; expected compute {compute}")
+    for eid, p in rep.p_reward.items():
+        out.print(f"  P(reward of {eid}) = {p:.3f}")
+    if rep.actions:
+        t = Table(title="Runnable now", title_justify="left")
+        for col in ("experiment", "p", "cost", "Q", "regret"):
+            t.add_column(col, justify="left" if col == "experiment" else "right")
+        for a in rep.actions:
+            t.add_row(
+                a["id"], f"{a['p']:.3f}", _fmt(a["cost"], unit), _fmt(a["q"]), _fmt(a["regret"])
+            )
+        out.print(t)
+    h = rep.heuristics["steinhardt"]
+    out.print(
+        f"Steinhardt's rule (log(1/p)/cost first) would run [bold]{h['pick'] or 'nothing'}"
+        f"[/] and, followed throughout, is worth {_fmt(h['value'])} (regret "
+        f"{_fmt(h['regret'])})."
+    )
+    if rep.tree and rep.tree.get("action"):
+        out.print(_render_tree(rep.tree, unit))
+
+
+def _render_tree(tree: dict, unit: str) -> Tree:
+    root = Tree(f"[bold]policy[/] (first levels; value {_fmt(tree['value'])})")
+
+    def add(parent, node):
+        if node["action"] is None:
+            parent.add(f"stop (value {_fmt(node['value'])})")
+            return
+        branch = parent.add(
+            f"run [bold]{node['action']}[/]  (budget left {_fmt(node['budget_left'], unit)})"
+        )
+        for o in node.get("outcomes", []):
+            sub = branch.add(f"{o['outcome']} ({o['prob']:.2f})")
+            add(sub, o["next"])
+
+    add(root, tree)
+    return root
+
+
+# ---------------------------------------------------------------- whatif
+
+
+@app.command()
+@command
+def whatif(
+    file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    lo: Annotated[str | None, typer.Option("--from", help="Smallest budget to show.")] = None,
+    hi: Annotated[str | None, typer.Option("--to", help="Largest budget (solved once).")] = None,
+    resolution: ResOpt = None,
+    set_: SetOpt = None,
+    png: Annotated[
+        Path | None,
+        typer.Option("--png", help="Also save a matplotlib figure (PNG or SVG by extension)."),
+    ] = None,
+    rows: Annotated[
+        int, typer.Option("--rows", help="Table rows (change points always shown).")
+    ] = 12,
+    max_states: MaxStatesOpt = 2_000_000,
+    max_memory: MaxMemOpt = 8.0,
+    as_json: JsonOpt = False,
+):
+    """Value and probability of success against budget, from one solve."""
+    from derisk.planner import whatif_report
+
+    roadmap, path = _roadmap_arg(file, set_)
+    top = _amount(hi, roadmap, "--to")
+    top = roadmap.budget if top is None else top
+    bottom = _amount(lo, roadmap, "--from") or 0.0
+    if bottom > top:
+        raise DeriskError(f"--from ({bottom:g}) is larger than --to ({top:g})")
+    sol = _solve(
+        roadmap,
+        budget=top,
+        resolution=_amount(resolution, roadmap, "--resolution"),
+        max_states=max_states,
+        max_memory_gb=max_memory,
+    )
+    w = whatif_report(sol, bottom, top)
+    unit = roadmap.unit_label()
+    goal = max(w.p_reward, key=lambda k: roadmap.experiment(k).reward) if w.p_reward else None
+    if png is not None:
+        _whatif_png(w, goal, png, roadmap)
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                "unit": roadmap.unit,
+                "budgets": w.budgets,
+                "value": w.value,
+                "p_reward": w.p_reward,
+                "expected_compute": w.expected_compute,
+                "first_action": w.first,
+                "changes": [float(w.budgets[k]) for k in w.changes],
+                "marginal_value": w.marginal,
+                "png": str(png) if png else None,
+            }
+        )
+        return
+    out.print(
+        f"[bold]{roadmap.name}[/]: value against budget ({len(w.budgets)} levels, one "
+        f"solve, {sol.seconds:.2f}s)"
+    )
+    pick = sorted(
+        set(np.linspace(0, len(w.budgets) - 1, min(rows, len(w.budgets))).round().astype(int))
+        | set(w.changes)
+        | {k - 1 for k in w.changes if k}
+    )
+    t = Table()
+    for col in ("budget", "value", f"P({goal})" if goal else "P", "E[compute]", "first"):
+        t.add_column(col, justify="right")
+    for k in pick:
+        mark = " *" if k in w.changes else ""
+        t.add_row(
+            _fmt(w.budgets[k], unit),
+            _fmt(w.value[k]),
+            f"{w.p_reward[goal][k]:.3f}" if goal else "-",
+            _fmt(w.expected_compute[k], unit),
+            f"{w.first[k] or 'stop'}{mark}",
+        )
+    out.print(t)
+    if w.changes:
+        out.print(
+            "* the best first experiment changes at: "
+            + ", ".join(f"{_fmt(w.budgets[k], unit)} -> {w.first[k] or 'stop'}" for k in w.changes)
+        )
+    _whatif_chart(w, goal, unit)
+
+
+def _whatif_chart(w, goal, unit) -> None:
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plot(list(map(float, w.budgets)), list(map(float, w.value)), label="value")
+    if goal:
+        scale = float(np.max(w.value)) if np.max(w.value) > 0 else 1.0
+        plt.plot(
+            list(map(float, w.budgets)),
+            list(map(float, w.p_reward[goal] * scale)),
+            label=f"P({goal}) x {scale:.3g}",
+        )
+    plt.xlabel(f"budget ({unit})" if unit else "budget")
+    plt.plotsize(min(100, shutil.get_terminal_size().columns), 20)
+    if not out.is_terminal or out.no_color:
+        plt.theme("clear")
+    out.print(plt.build(), markup=False, highlight=False)
+
+
+def _whatif_png(w, goal, png: Path, roadmap: Roadmap) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as mpl
+
+    fig, ax = mpl.subplots(figsize=(7, 4))
+    ax.plot(w.budgets, w.value, label="expected value", color="C0")
+    ax.set_xlabel(f"budget ({roadmap.unit_label()})" if roadmap.unit else "budget")
+    ax.set_ylabel("expected value")
+    for k in w.changes:
+        ax.axvline(w.budgets[k], color="grey", lw=0.8, ls=":")
+    if goal:
+        ax2 = ax.twinx()
+        ax2.plot(w.budgets, w.p_reward[goal], color="C1", label=f"P({goal})")
+        ax2.set_ylabel(f"P({goal})")
+        ax2.set_ylim(0, 1)
+    ax.set_title(roadmap.name)
+    fig.tight_layout()
+    try:
+        fig.savefig(png)
+    except OSError as exc:
+        raise DeriskError(f"cannot write {png}: {exc.strerror}") from None
+    finally:
+        mpl.close(fig)
+
+
+# ---------------------------------------------------------------- simulate
+
+
+@app.command()
+@command
+def simulate(
+    file: Annotated[
+        Path | None, typer.Argument(help="Roadmap YAML/JSON (default: bundled example).")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", "--episodes", help="Episodes per policy.")] = 20_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    budget: BudgetOpt = None,
+    max_states: MaxStatesOpt = 2_000_000,
+    max_memory: MaxMemOpt = 8.0,
+    as_json: JsonOpt = False,
+):
+    """Simulate the optimal policy and the heuristics; check against the exact values."""
+    from derisk.planner import HEURISTICS
+    from derisk.planner import simulate as run
+
+    if n < 2:
+        raise DeriskError(f"-n must be at least 2 (a standard error needs two episodes), got {n}")
+    roadmap, path = _roadmap_arg(file)
+    sol = _solve(
+        roadmap,
+        budget=_amount(budget, roadmap, "--budget"),
+        max_states=max_states,
+        max_memory_gb=max_memory,
+    )
+    pr, sp = sol.problem, sol.space
+    rows = []
+    for name in ("optimal", *HEURISTICS):
+        r = run(sol, name, episodes=n, seed=seed)
+        exact = float(sol.evaluation(name)["value"][sp.root, pr.start_budget])
+        z = (r.mean - exact) / r.stderr if r.stderr > 0 else 0.0
+        rows.append(
+            {
+                "policy": name,
+                "mean": r.mean,
+                "stderr": r.stderr,
+                "exact": exact,
+                "z": z,
+                "agrees": bool(abs(z) < 4 or abs(r.mean - exact) < 1e-9),
+                "compute_p10": float(np.percentile(r.compute, 10)),
+                "compute_p50": float(np.percentile(r.compute, 50)),
+                "compute_p90": float(np.percentile(r.compute, 90)),
+                "compute_mean": float(r.compute.mean()),
+                "reward_mean": float(r.reward.mean()),
+            }
+        )
+    if as_json:
+        emit({"roadmap": roadmap.name, "episodes": n, "seed": seed, "policies": rows})
+        return
+    unit = roadmap.unit_label()
+    t = Table(
+        title=f"{roadmap.name}: {n:,} episodes per policy (seed {seed})", title_justify="left"
+    )
+    for col in ("policy", "simulated mean", "+/- s.e.", "exact", "agrees", "compute p10/p50/p90"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        t.add_row(
+            r["policy"],
+            _fmt(r["mean"]),
+            _fmt(r["stderr"]),
+            _fmt(r["exact"]),
+            "yes" if r["agrees"] else "[red]NO[/]",
+            " / ".join(_fmt(r[k]) for k in ("compute_p10", "compute_p50", "compute_p90"))
+            + (f" {unit}" if unit else ""),
+        )
+    out.print(t)
+    opt = rows[0]
+    verdict = "agrees" if opt["agrees"] else "DISAGREES"
+    out.print(
+        f"optimal policy: simulated {_fmt(opt['mean'])} +/- {_fmt(opt['stderr'])} "
+        f"{verdict} with the solved value {_fmt(opt['exact'])} (z = {opt['z']:.2f})"
+    )
+
+
+# ---------------------------------------------------------------- validate / examples / record
+
+
+@app.command()
+@command
+def validate(
+    file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    as_json: JsonOpt = False,
+):
+    """Check a roadmap file; report every problem with its line and column."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeriskWarning)
+        try:
+            roadmap = load_roadmap(file)
+        except RoadmapError as exc:
+            if as_json:
+                emit({"valid": False, "problems": [p.__dict__ for p in exc.problems]})
+            raise
+    msgs = [str(w.message) for w in caught if issubclass(w.category, DeriskWarning)]
+    for m in msgs:
+        err.print(f"[yellow]warning:[/] {m}", soft_wrap=True)
+    if as_json:
+        emit(
+            {
+                "valid": True,
+                "name": roadmap.name,
+                "experiments": len(roadmap.experiments),
+                "budget": roadmap.budget,
+                "unit": roadmap.unit,
+                "warnings": msgs,
+            }
+        )
+        return
+    out.print(
+        f"ok: {file}: {roadmap.name!r}, {len(roadmap.experiments)} experiments, budget "
+        f"{_fmt(roadmap.budget, roadmap.unit_label())}"
+        + (f", {len(msgs)} warning(s)" if msgs else "")
+    )
+
+
+@app.command(name="examples")
+@command
+def examples_cmd(
+    name: Annotated[str | None, typer.Argument(help="Example to print or copy.")] = None,
+    copy: Annotated[
+        Path | None, typer.Option("--copy", help="Copy the example to this path to edit it.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: JsonOpt = False,
+):
+    """List the bundled example roadmaps, print one, or copy one out to edit."""
+    found = examples()
+    if name is None:
+        items = []
+        for key, p in found.items():
+            r = load_roadmap(p)
+            items.append(
+                {"name": key, "title": r.name, "experiments": len(r.experiments), "path": str(p)}
+            )
+        if as_json:
+            emit({"examples": items})
+            return
+        t = Table()
+        for col in ("name", "title", "experiments"):
+            t.add_column(col)
+        for it in items:
+            t.add_row(it["name"], it["title"], str(it["experiments"]))
+        out.print(t)
+        out.print("`derisk examples NAME --copy my.yaml` copies one out to edit.")
+        return
+    if name not in found:
+        raise DeriskError(f"no example {name!r}; known: {', '.join(found)}")
+    src = found[name]
+    if copy is None:
+        if as_json:
+            emit({"name": name, "path": str(src), "text": src.read_text()})
+        else:
+            out.print(src.read_text(), markup=False, highlight=False, end="")
+        return
+    if copy.is_dir():
+        copy = copy / src.name
+    if copy.exists() and not force:
+        raise DeriskError(f"{copy} exists; pass --force to overwrite it")
+    try:
+        shutil.copyfile(src, copy)
+    except OSError as exc:
+        raise DeriskError(f"cannot write {copy}: {exc.strerror}") from None
+    if as_json:
+        emit({"name": name, "copied_to": str(copy)})
+    else:
+        out.print(f"copied {name} to {copy}")
+
+
+@app.command()
+@command
+def record(
+    file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    results: Annotated[
+        list[str], typer.Argument(help="ID=success, ID=failure, or ID=untried to clear.")
+    ],
+    spent: Annotated[
+        str | None,
+        typer.Option(
+            "--spent", help="Compute actually spent (one result only; default: the median cost)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Record experiment outcomes; `plan` then plans from the current state."""
+    roadmap = load_roadmap(file)
+    updates = {}
+    for text in results:
+        if "=" not in text:
+            raise DeriskError(f"{text!r}: expected ID=success, ID=failure or ID=untried")
+        eid, outcome = text.split("=", 1)
+        outcome = {
+            "ok": "success",
+            "succeeded": "success",
+            "fail": "failure",
+            "failed": "failure",
+            "clear": "untried",
+        }.get(outcome, outcome)
+        if outcome not in ("success", "failure", "untried"):
+            raise DeriskError(f"{text!r}: outcome must be success, failure or untried")
+        updates[eid] = (outcome, None)
+    if spent is not None:
+        if len(updates) != 1:
+            raise DeriskError("--spent applies to one result; record them one at a time")
+        eid = next(iter(updates))
+        updates[eid] = (updates[eid][0], _amount(spent, roadmap, "--spent"))
+    path = state_path(file)
+    state = record_outcomes(roadmap, path, updates)
+    total = sum(v["spent"] for v in state.values())
+    if as_json:
+        emit(
+            {
+                "state_file": str(path),
+                "outcomes": state,
+                "spent": total,
+                "budget_left": roadmap.budget - total,
+            }
+        )
+        return
+    for eid, rec in state.items():
+        out.print(f"{eid}: {rec['outcome']} ({_fmt(rec['spent'], roadmap.unit_label())})")
+    out.print(f"saved to {path}; budget left {_fmt(roadmap.budget - total, roadmap.unit_label())}")
+
+
+def main() -> None:
+    try:
+        app()
+    except DeriskError as exc:  # raised outside a command body (e.g. by a callback)
+        for line in [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]:
+            err.print(f"[bold red]error:[/] {line}", soft_wrap=True)
+        sys.exit(2)
+
+
+__all__ = ["app", "emit", "main", "Problem"]

@@ -1,0 +1,147 @@
+"""What `derisk plan` and `derisk whatif` show, computed as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from derisk.planner._heuristics import HEURISTICS
+from derisk.planner._solve import Solution
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    next: str | None
+    value: float
+    expected_compute: float  # in the roadmap's unit
+    p_reward: dict[str, float]
+    actions: list[dict]  # runnable now: id, title, p, cost, q, regret
+    heuristics: dict[str, dict]  # name -> first pick, exact value, regret
+    tree: dict | None
+    states: int
+    solve_seconds: float
+    budget_left: float
+
+
+def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
+    pr, sp = solution.problem, solution.space
+    s, b = sp.root, pr.start_budget
+    ev = solution.evaluation("optimal")
+    value = float(solution.values[s, b])
+    q = solution.q_values()
+    actions = []
+    for i in np.flatnonzero(np.isfinite(q)):
+        actions.append(
+            {
+                "id": pr.ids[i],
+                "title": pr.titles[i],
+                "p": float(sp.p[s, i]),
+                "cost": float(pr.mean_cost[i] * pr.resolution),
+                "q": float(q[i]),
+                "regret": value - float(q[i]),
+            }
+        )
+    actions.sort(key=lambda a: -a["q"])
+    heur = {}
+    for name in HEURISTICS:
+        table = solution.policy_table(name)
+        hv = float(solution.evaluation(name)["value"][s, b])
+        pick = None if table is None else (None if table[s, b] < 0 else pr.ids[table[s, b]])
+        heur[name] = {"pick": pick, "value": hv, "regret": value - hv}
+    a = int(solution.policy[s, b])
+    return PlanReport(
+        next=None if a < 0 else pr.ids[a],
+        value=value,
+        expected_compute=float(ev["compute"][s, b] * pr.resolution),
+        p_reward={pr.ids[j]: float(ev["p_reward"][k, s, b]) for k, j in enumerate(ev["rewarded"])},
+        actions=actions,
+        heuristics=heur,
+        tree=policy_tree(solution, s, b, depth),
+        states=sp.size,
+        solve_seconds=solution.seconds,
+        budget_left=float(b * pr.resolution),
+    )
+
+
+def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
+    """The optimal policy's first `depth` decisions as a nested dict.
+
+    Each decision lists its outcomes (success, failure, and overrun when the budget may
+    be cut off) with their probabilities; with a stochastic cost the branch follows the
+    most likely cost level.
+    """
+    pr, sp = solution.problem, solution.space
+    a = int(solution.policy[s, b])
+    if a < 0:
+        return {
+            "action": None,
+            "value": float(solution.values[s, b]),
+            "budget_left": float(b * pr.resolution),
+        }
+    node = {
+        "action": pr.ids[a],
+        "value": float(solution.values[s, b]),
+        "budget_left": float(b * pr.resolution),
+        "outcomes": [],
+    }
+    if depth <= 1:
+        return node
+    cu, cq = pr.cost_units[a], pr.cost_probs[a]
+    fits = cu <= b
+    p_fit = float(cq[fits].sum())
+    c = int(cu[fits][np.argmax(cq[fits])]) if fits.any() else 0
+    p = float(sp.p[s, a])
+    branches = [
+        ("success", p * p_fit, sp.succ_s[s, a], b - c),
+        ("failure", (1 - p) * p_fit, sp.succ_f[s, a], b - c),
+    ]
+    if p_fit < 1:
+        branches.append(("overrun", 1 - p_fit, sp.succ_d[s, a], 0))
+    for label, prob, nxt, nb in branches:
+        if prob <= 0:
+            continue
+        node["outcomes"].append(
+            {
+                "outcome": label,
+                "prob": prob,
+                "next": policy_tree(solution, int(nxt), int(nb), depth - 1),
+            }
+        )
+    return node
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    budgets: np.ndarray  # (M,) in the roadmap's unit
+    value: np.ndarray  # (M,)
+    p_reward: dict[str, np.ndarray]  # id -> (M,)
+    expected_compute: np.ndarray  # (M,)
+    first: list[str | None]  # best first action per budget
+    changes: list[int]  # indices where the best first action changes
+    marginal: np.ndarray  # (M,) d value / d budget (per unit), forward difference
+
+
+def whatif_report(solution: Solution, lo: float, hi: float) -> WhatIf:
+    """Value, P(reward) and the best first action for every budget level in [lo, hi]."""
+    pr, sp = solution.problem, solution.space
+    levels = np.arange(pr.levels + 1)
+    budgets = levels * pr.resolution
+    keep = (budgets >= lo - 1e-9) & (budgets <= hi + 1e-9)
+    ev = solution.evaluation("optimal")
+    value = solution.values[sp.root][keep]
+    first_idx = solution.policy[sp.root][keep]
+    first = [None if a < 0 else pr.ids[a] for a in first_idx]
+    changes = [k for k in range(1, len(first)) if first[k] != first[k - 1]]
+    marginal = np.gradient(value, budgets[keep]) if keep.sum() > 1 else np.zeros(1)
+    return WhatIf(
+        budgets=budgets[keep],
+        value=value,
+        p_reward={
+            pr.ids[j]: ev["p_reward"][k, sp.root][keep] for k, j in enumerate(ev["rewarded"])
+        },
+        expected_compute=ev["compute"][sp.root][keep] * pr.resolution,
+        first=first,
+        changes=changes,
+        marginal=marginal,
+    )
