@@ -401,7 +401,7 @@ def whatif(
         | {k - 1 for k in w.changes if k}
     )
     t = Table()
-    for col in ("budget", "value", f"P({goal})" if goal else "P", "E[compute]", "first"):
+    for col in ("budget", "value", f"P({goal})" if goal else "P", "E(compute)", "first"):
         t.add_column(col, justify="right")
     for k in pick:
         mark = " *" if k in w.changes else ""
@@ -434,10 +434,13 @@ def _whatif_chart(w, goal, unit) -> None:
             label=f"P({goal}) x {scale:.3g}",
         )
     plt.xlabel(f"budget ({unit})" if unit else "budget")
-    plt.plotsize(min(100, shutil.get_terminal_size().columns), 20)
+    plt.plotsize(min(100, out.width), 20)
+    text = plt.build()
     if not out.is_terminal or out.no_color:
-        plt.theme("clear")
-    out.print(plt.build(), markup=False, highlight=False)
+        text = plt.uncolorize(text)
+    # Straight to stdout: rich would re-wrap the chart's lines.
+    out.file.write(text + "\n")
+    out.file.flush()
 
 
 def _whatif_png(w, goal, png: Path, roadmap: Roadmap) -> None:

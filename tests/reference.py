@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
+from functools import cache
 
 from scipy import stats
 
@@ -21,8 +21,9 @@ def _cost_dist(cost, res, bins=8):
         vals, probs = [cost.median], [1.0]
     else:
         sigma = math.log(cost.p90 / cost.median) / stats.norm.ppf(0.9)
-        vals = [cost.median * math.exp(sigma * stats.norm.ppf((k + 0.5) / bins))
-                for k in range(bins)]
+        vals = [
+            cost.median * math.exp(sigma * stats.norm.ppf((k + 0.5) / bins)) for k in range(bins)
+        ]
         probs = [1 / bins] * bins
     out: dict[int, float] = {}
     for v, q in zip(vals, probs, strict=True):
@@ -41,8 +42,10 @@ def brute_force_value(roadmap: Roadmap, budget_units: int | None = None) -> floa
     configs = list(itertools.product((True, False), repeat=len(hyps)))
 
     def prior(cfg):
-        return math.prod(roadmap.hypotheses[h] if v else 1 - roadmap.hypotheses[h]
-                         for h, v in zip(hyps, cfg, strict=True))
+        return math.prod(
+            roadmap.hypotheses[h] if v else 1 - roadmap.hypotheses[h]
+            for h, v in zip(hyps, cfg, strict=True)
+        )
 
     def p_under(e, cfg):
         if isinstance(e.p, Conditional):
@@ -51,7 +54,7 @@ def brute_force_value(roadmap: Roadmap, budget_units: int | None = None) -> floa
 
     costs = [_cost_dist(e.cost, res) for e in exps]
 
-    @lru_cache(maxsize=None)
+    @cache
     def value(history: tuple, b: int) -> float:
         # history[i]: None untried, True success, False failure, "cut" cut off
         weights = []
@@ -68,22 +71,28 @@ def brute_force_value(roadmap: Roadmap, budget_units: int | None = None) -> floa
         for i, e in enumerate(exps):
             if history[i] is not None:
                 continue
-            if not all(any(history[[x.id for x in exps].index(a)] is True for a in clause)
-                       for clause in e.requires):
+            if not all(
+                any(history[[x.id for x in exps].index(a)] is True for a in clause)
+                for clause in e.requires
+            ):
                 continue
             if costs[i][0][0] > b:
                 continue
-            p = (sum(w * p_under(e, cfg) for w, cfg in zip(weights, configs, strict=True))
-                 / total) if total > 0 else 0.0
+            p = (
+                (sum(w * p_under(e, cfg) for w, cfg in zip(weights, configs, strict=True)) / total)
+                if total > 0
+                else 0.0
+            )
             q = 0.0
             for c, qc in costs[i]:
                 if c <= b:
-                    hs = history[:i] + (True,) + history[i + 1:]
-                    hf = history[:i] + (False,) + history[i + 1:]
-                    q += qc * (p * (e.reward + value(hs, b - c)) + (1 - p) * value(hf, b - c)
-                               - price * c)
+                    hs = history[:i] + (True,) + history[i + 1 :]
+                    hf = history[:i] + (False,) + history[i + 1 :]
+                    q += qc * (
+                        p * (e.reward + value(hs, b - c)) + (1 - p) * value(hf, b - c) - price * c
+                    )
                 else:
-                    hd = history[:i] + ("cut",) + history[i + 1:]
+                    hd = history[:i] + ("cut",) + history[i + 1 :]
                     q += qc * (value(hd, 0) - price * b)
             best = max(best, q)
         return best

@@ -451,7 +451,7 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
             )
 
     if ck.problems:
-        raise RoadmapError(ck.problems)
+        raise RoadmapError(sorted(ck.problems, key=lambda p: (p.line or 0, p.col or 0)))
 
     def conv(q):
         idx = next(i for i, (_, a, u, _) in enumerate(quantities) if a == q[0] and u == q[1])

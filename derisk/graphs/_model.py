@@ -87,7 +87,7 @@ class Experiment:
     reward: float = 0.0
     train: dict | None = None
     success: dict | None = None
-    line: int | None = None
+    line: int | None = field(default=None, compare=False)
 
     @property
     def prerequisites(self) -> tuple[str, ...]:

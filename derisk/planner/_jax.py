@@ -35,8 +35,11 @@ def solve_jax(problem: PlanningProblem, space: StateSpace, progress=None):
     S, L, n = space.size, problem.levels + 1, problem.n
     st, node = np.nonzero(space.avail)
     P = len(st)
-    chunk = int(max(1, min(max(P, 1), TARGET_CHUNK_ELEMENTS // L)))
-    n_chunks = max(1, -(-P // chunk))
+    # Shapes are padded to powers of two so that similar problems share one compilation.
+    S_pad = _pow2(S + 1)  # row S (and beyond) is a dummy state whose value stays 0
+    chunk = _pow2(max(1, min(max(P, 1), TARGET_CHUNK_ELEMENTS // L)))
+    chunk = min(chunk, _pow2(P))
+    n_chunks = _pow2(-(-max(P, 1) // chunk))
     pad = n_chunks * chunk - P
 
     def padded(a, fill):
@@ -45,11 +48,16 @@ def solve_jax(problem: PlanningProblem, space: StateSpace, progress=None):
     def dummy(a):  # -1 (no successor) -> row S, which always holds zeros
         return np.where(a < 0, S, a)
 
-    K = max(len(c) for c in problem.cost_units)
-    cu = np.zeros((n, K), dtype=np.int64)
-    cq = np.zeros((n, K))
+    K = _pow2(max(len(c) for c in problem.cost_units))
+    n_pad = _pow2(n)
+    cu = np.zeros((n_pad, K), dtype=np.int64)
+    cq = np.zeros((n_pad, K))
     for i, (c, q) in enumerate(zip(problem.cost_units, problem.cost_probs, strict=True)):
         cu[i, : len(c)], cq[i, : len(c)] = c, q
+    lo = np.zeros(n_pad, dtype=np.int64)
+    lo[:n] = problem.min_cost
+    reward = np.zeros(n_pad)
+    reward[:n] = problem.reward
     arrays = dict(
         st=padded(st, S),
         node=padded(node, 0),
@@ -63,14 +71,13 @@ def solve_jax(problem: PlanningProblem, space: StateSpace, progress=None):
         consts = dict(
             cu=jnp.asarray(cu),
             cq=jnp.asarray(cq),
-            lo=jnp.asarray(problem.min_cost),
-            reward=jnp.asarray(problem.reward),
-            price=float(problem.price_per_unit),
+            lo=jnp.asarray(lo),
+            reward=jnp.asarray(reward),
+            price=jnp.asarray(float(problem.price_per_unit)),
+            dummy=jnp.asarray(S),
+            max_sweeps=jnp.asarray(int(space.untried.max()) + 2),
         )
-        max_sweeps = int(space.untried.max()) + 2
-        V, sweeps, policy = _run(
-            dev, consts, S=S, L=L, n=n, chunk=chunk, n_chunks=n_chunks, K=K, max_sweeps=max_sweeps
-        )
+        V, sweeps, policy = _run(dev, consts, S_pad=S_pad, L=L, chunk=chunk, n_chunks=n_chunks, K=K)
         V = np.asarray(jax.device_get(V))[:S]
         policy = np.asarray(jax.device_get(policy))[:S]
     if progress is not None:
@@ -78,8 +85,15 @@ def solve_jax(problem: PlanningProblem, space: StateSpace, progress=None):
     return V, policy.astype(np.int8), int(sweeps)
 
 
-@partial(jax.jit, static_argnames=("S", "L", "n", "chunk", "n_chunks", "K", "max_sweeps"))
-def _run(dev, consts, *, S, L, n, chunk, n_chunks, K, max_sweeps):
+def _pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+NO_ACTION = 1 << 30
+
+
+@partial(jax.jit, static_argnames=("S_pad", "L", "chunk", "n_chunks", "K"))
+def _run(dev, consts, *, S_pad, L, chunk, n_chunks, K):
     b = jnp.arange(L)
 
     def q_chunk(V, k):
@@ -105,26 +119,27 @@ def _run(dev, consts, *, S, L, n, chunk, n_chunks, K, max_sweeps):
             return Vn.at[st].max(q)
 
         Vn = lax.fori_loop(0, n_chunks, body, jnp.zeros_like(V))
-        return Vn.at[S].set(0.0)
+        return Vn.at[consts["dummy"]].set(0.0)
 
     def cond(carry):
         _, changed, it = carry
-        return changed & (it < max_sweeps)
+        return changed & (it < consts["max_sweeps"])
 
     def step(carry):
         V, _, it = carry
         Vn = sweep(V)
         return Vn, jnp.any(Vn != V), it + 1
 
-    V0 = jnp.zeros((S + 1, L), dtype=jnp.float64)
+    V0 = jnp.zeros((S_pad, L), dtype=jnp.float64)
     V, _, sweeps = lax.while_loop(cond, step, (V0, jnp.array(True), jnp.array(0)))
 
     def pol_body(k, pol):
         st, node, q = q_chunk(V, k)
         v = V[st]
-        cand = jnp.where((q >= v - TIE) & (v > TIE), node[:, None], n)
+        cand = jnp.where((q >= v - TIE) & (v > TIE), node[:, None], NO_ACTION)
         return pol.at[st].min(cand)
 
-    pol = lax.fori_loop(0, n_chunks, pol_body, jnp.full((S + 1, L), n, dtype=dev["node"].dtype))
-    pol = jnp.where(pol == n, -1, pol)
+    init = jnp.full((S_pad, L), NO_ACTION, dtype=dev["node"].dtype)
+    pol = lax.fori_loop(0, n_chunks, pol_body, init)
+    pol = jnp.where(pol == NO_ACTION, -1, pol)
     return V, sweeps, pol
