@@ -57,7 +57,7 @@ def test_exact_matches_independent_brute_force():
 
 
 def _serial(ps, cs, reward, price, budget=1000.0):
-    exps = [{"id": f"s{i}", "p": p, "cost": c} for i, (p, c) in enumerate(zip(ps, cs))]
+    exps = [{"id": f"s{i}", "p": p, "cost": c} for i, (p, c) in enumerate(zip(ps, cs, strict=True))]
     exps.append(
         {"id": "goal", "after": [e["id"] for e in exps], "p": 1.0, "cost": 0, "reward": reward}
     )
