@@ -67,43 +67,42 @@ def toolbox_matrices(problem: PlanningProblem, space: StateSpace):
     R[T, :] = 0.0
     P = []
     for i in range(n):
+        st = np.flatnonzero(space.avail[:, i])  # (m,)
+        p = space.p[st, i][:, None]  # (m, 1)
+        src = st[:, None] * L + b[None, :]  # (m, L) explicit index of (s, b)
+        lo = int(problem.cost_units[i][0])
+        started = np.broadcast_to(b[None, :] >= lo, src.shape)  # legal: can start
         rows, cols, vals = [], [], []
-        states = np.flatnonzero(space.avail[:, i])
-        legal = np.zeros((N,), dtype=bool)
-        reward = np.zeros(N)
-        lo = problem.cost_units[i][0]
-        for s in states:
-            p = space.p[s, i]
-            for c, q in zip(problem.cost_units[i], problem.cost_probs[i], strict=True):
-                ok = b >= c
-                src = s * L + b
-                if ok.any():
-                    bb = b[ok]
-                    rows += [src[ok], src[ok]]
-                    cols += [space.succ_s[s, i] * L + bb - c, space.succ_f[s, i] * L + bb - c]
-                    vals += [np.full(ok.sum(), q * p), np.full(ok.sum(), q * (1 - p))]
-                    reward[src[ok]] += q * (p * problem.reward[i] - price * c)
-                cut = ~ok & (b >= lo)  # started, then overran the budget
-                if cut.any() and space.succ_d[s, i] >= 0:
-                    bb = b[cut]
-                    rows.append(src[cut])
-                    cols.append(np.full(len(bb), space.succ_d[s, i] * L))
-                    vals.append(np.full(len(bb), q))
-                    reward[src[cut]] += q * (-price * bb)
-            legal[s * L + b[b >= lo]] = True
+        reward = np.zeros(src.shape)
+        for c, q in zip(problem.cost_units[i], problem.cost_probs[i], strict=True):
+            c = int(c)
+            ok = np.broadcast_to(b[None, :] >= c, src.shape)
+            after = np.maximum(b - c, 0)[None, :]
+            for succ, w in ((space.succ_s[st, i], q * p), (space.succ_f[st, i], q * (1 - p))):
+                rows.append(src[ok])
+                cols.append((succ[:, None] * L + after)[ok])
+                vals.append(np.broadcast_to(w, src.shape)[ok])
+            reward += np.where(ok, q * (p * problem.reward[i] - price * c), 0.0)
+            cut = started & ~ok  # started, then overran the budget: cut off, all spent
+            if cut.any():
+                rows.append(src[cut])
+                cols.append(np.broadcast_to(space.succ_d[st, i][:, None] * L, src.shape)[cut])
+                vals.append(np.full(int(cut.sum()), q))
+                reward += np.where(cut, q * (-price * b[None, :]), 0.0)
+        legal = np.zeros(N, dtype=bool)
+        legal[src[started]] = True
+        R[src[started], i] = reward[started]
         # Illegal (and terminal) rows go to the terminal with certainty.
         ill = np.flatnonzero(~legal)
         rows.append(ill)
         cols.append(np.full(len(ill), T))
         vals.append(np.ones(len(ill)))
-        m = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(N, N)
-        )
+        m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(N, N))
         m.sum_duplicates()
         # Drop zero-probability entries (p = 0 or 1) so rows hold only real successors.
         m.eliminate_zeros()
         P.append(m)
-        R[legal, i] = reward[legal]
     stop = sp.csr_matrix((np.ones(N), (np.arange(N), np.full(N, T))), shape=(N, N))
     P.append(stop)
     return tuple(P), R
