@@ -24,8 +24,15 @@ def run_json(*args):
 
 def test_plan_default_example_json_matches_library():
     out = run_json("plan")
-    for key in ("next", "value", "expected_compute", "p_reward", "actions", "states",
-                "solve_seconds"):
+    for key in (
+        "next",
+        "value",
+        "expected_compute",
+        "p_reward",
+        "actions",
+        "states",
+        "solve_seconds",
+    ):
         assert key in out
     sol = solve(compile_roadmap(load_roadmap(example_path())))
     assert out["value"] == pytest.approx(sol.root_value)
@@ -59,8 +66,10 @@ def test_plan_budget_override_and_units():
 
 def test_malformed_roadmap_exit_2_with_positions(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text("budget: 10\nexperiments:\n  - {id: a, cost: 1, p: 2}\n  - {id: b, after: [x],"
-                 " cost: 1, p: 0.5}\n")
+    p.write_text(
+        "budget: 10\nexperiments:\n  - {id: a, cost: 1, p: 2}\n  - {id: b, after: [x],"
+        " cost: 1, p: 0.5}\n"
+    )
     for cmd in ("plan", "validate", "simulate"):
         res = run(cmd, p)
         assert res.exit_code == 2, cmd
@@ -91,8 +100,9 @@ def test_whatif_json_curve_is_one_solve():
 def test_whatif_set_and_png(tmp_path):
     png = tmp_path / "w.png"
     base = run_json("whatif", example_path("two-approaches"))
-    more = run_json("whatif", example_path("two-approaches"), "--set", "needle-eval.reward=200",
-                    "--png", png)
+    more = run_json(
+        "whatif", example_path("two-approaches"), "--set", "needle-eval.reward=200", "--png", png
+    )
     assert more["value"][-1] > base["value"][-1]
     assert png.read_bytes()[:4] == b"\x89PNG"
     res = run("whatif", example_path("two-approaches"), "--set", "nedle-eval.p=0.5")
@@ -120,7 +130,8 @@ def test_record_then_plan(tmp_path):
     bad = run("record", p, "big=success")
     assert bad.exit_code == 2 and "prerequisite" in bad.stderr
     assert json.loads((tmp_path / "moe.yaml.state.json").read_text())["outcomes"] == {
-        "pilot": {"outcome": "failure", "spent": 40}}
+        "pilot": {"outcome": "failure", "spent": 40}
+    }
     run_json("record", p, "pilot=untried")
     assert run_json("plan", p)["value"] == pytest.approx(before["value"])
 

@@ -1,0 +1,41 @@
+"""Pallas kernels for the MoE feed-forward, each beside its plain-JAX reference."""
+
+from derisk.kernels._gmm import (
+    IMPLS,
+    TOLERANCE,
+    Tiling,
+    gmm,
+    gmm_reference,
+    gmm_swiglu,
+    gmm_swiglu_reference,
+    tgmm,
+    tgmm_reference,
+)
+from derisk.kernels._metadata import group_offsets, num_visits, visit_metadata
+from derisk.kernels._moe import (
+    combine,
+    moe_ffn,
+    moe_ffn_reference,
+    route_top_k,
+    sort_by_expert,
+)
+
+__all__ = [
+    "IMPLS",
+    "TOLERANCE",
+    "Tiling",
+    "combine",
+    "gmm",
+    "gmm_reference",
+    "gmm_swiglu",
+    "gmm_swiglu_reference",
+    "group_offsets",
+    "moe_ffn",
+    "moe_ffn_reference",
+    "num_visits",
+    "route_top_k",
+    "sort_by_expert",
+    "tgmm",
+    "tgmm_reference",
+    "visit_metadata",
+]

@@ -97,8 +97,9 @@ def toolbox_matrices(problem: PlanningProblem, space: StateSpace):
         rows.append(ill)
         cols.append(np.full(len(ill), T))
         vals.append(np.ones(len(ill)))
-        m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(N, N))
+        m = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(N, N)
+        )
         m.sum_duplicates()
         # Drop zero-probability entries (p = 0 or 1) so rows hold only real successors.
         m.eliminate_zeros()

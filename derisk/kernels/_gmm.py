@@ -1,0 +1,403 @@
+"""Grouped matmuls for the MoE feed-forward: Pallas (Triton backend) kernels and references.
+
+Three kernels, each beside a plain-JAX reference with the same signature:
+
+- gmm(x[M,K], w[E,K,N], group_sizes[E]) -> [M,N]: rows sorted by group; rows at or
+  past sum(group_sizes) are zeros (`jax.lax.ragged_dot` semantics).
+- gmm_swiglu(x, w_gate[E,D,F], w_up[E,D,F], gs) -> silu(x w_gate) * (x w_up): gate
+  and up in one pass, two fp32 accumulators, the activation in the epilogue, so the
+  [M, 2F] intermediate never touches memory.
+- tgmm(x[M,K], dy[M,N], gs) -> [E,K,N]: dw[e] = x[rows of e]^T dy[rows of e], the
+  weight gradient.
+
+Design (see ../shared/kernels-brief.md): a 1-D list of (tile, group) visits built in
+jnp outside the kernel (`_metadata.py`) and passed as an ordinary int32 input, because
+the Triton backend cannot scalar-prefetch; masked stores so that two visits sharing a
+straddling tile never read-modify-write each other's rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from derisk.kernels._metadata import group_offsets, num_visits, visit_metadata
+
+IMPLS = ("auto", "pallas", "reference")
+# max |err| / max |ref| allowed against the fp32 reference, by input dtype.
+TOLERANCE = {
+    jnp.dtype(jnp.bfloat16): 2e-2,
+    jnp.dtype(jnp.float16): 1e-2,
+    jnp.dtype(jnp.float32): 1e-5,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tiling:
+    """Block sizes (powers of two, a Triton rule) and launch settings."""
+
+    bm: int = 128
+    bn: int = 128
+    bk: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+
+
+CPU_TILING = Tiling(bm=16, bn=16, bk=16, num_warps=4, num_stages=1)  # interpret mode
+
+
+def default_tiling(m: int, k: int, n: int, num_groups: int, *, fused: bool) -> Tiling:
+    """Trace-time pick from the shapes (the H100 sweep in BENCHMARKS.md chose these)."""
+    if jax.default_backend() != "gpu":
+        return CPU_TILING
+    rows_per_group = m / max(num_groups, 1)
+    bm = 64 if rows_per_group < 512 else 128
+    if fused:
+        return Tiling(bm=bm, bn=128, bk=64, num_warps=8, num_stages=3)
+    return Tiling(
+        bm=bm, bn=256 if n % 256 == 0 and bm == 128 else 128, bk=64, num_warps=8, num_stages=3
+    )
+
+
+def _fit(t: Tiling, k: int, n: int) -> Tiling:
+    """Shrink blocks for small K/N (powers of two, at least 16 for tl.dot)."""
+
+    def cap(b, d):
+        return max(16, min(b, pl.next_power_of_2(d)))
+
+    return Tiling(
+        bm=t.bm, bn=cap(t.bn, n), bk=cap(t.bk, k), num_warps=t.num_warps, num_stages=t.num_stages
+    )
+
+
+def _resolve(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "pallas" if jax.default_backend() == "gpu" else "reference"
+    return impl
+
+
+def _check(x, ws, group_sizes, name):
+    if x.ndim != 2:
+        raise ValueError(f"{name}: x must be 2-D [M, K], got shape {x.shape}")
+    for w in ws:
+        if w.ndim != 3 or w.shape[1] != x.shape[1]:
+            raise ValueError(f"{name}: weights must be [E, {x.shape[1]}, N], got {w.shape}")
+        if w.dtype != x.dtype:
+            raise TypeError(f"{name}: x is {x.dtype} but a weight is {w.dtype}")
+    if ws[0].shape != ws[-1].shape:
+        raise ValueError(f"{name}: gate and up weights differ: {ws[0].shape} vs {ws[-1].shape}")
+    if group_sizes.ndim != 1 or group_sizes.shape[0] != ws[0].shape[0]:
+        raise ValueError(
+            f"{name}: group_sizes must be [E={ws[0].shape[0]}], got {group_sizes.shape}"
+        )
+    if not jnp.issubdtype(group_sizes.dtype, jnp.integer):
+        raise TypeError(f"{name}: group_sizes must be integer, got {group_sizes.dtype}")
+    for a in (x, *ws):
+        if a.size >= 2**31:
+            raise ValueError(
+                f"{name}: an operand has {a.size} elements; the Triton backend "
+                "indexes in int32, so shard the experts below 2**31 elements"
+            )
+
+
+def _precision(dtype):
+    # fp32 inputs: full fp32 products (Triton would otherwise use tf32).
+    return lax.Precision.HIGHEST if dtype == jnp.float32 else None
+
+
+def _pad_to(a, axis, multiple):
+    size = a.shape[axis]
+    extra = (-size) % multiple
+    if not extra:
+        return a
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, extra)
+    return jnp.pad(a, pad)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def gmm_reference(x, w, group_sizes, *, out_dtype=None):
+    """lax.ragged_dot with fp32 accumulation."""
+    out = lax.ragged_dot(
+        x,
+        w,
+        group_sizes.astype(jnp.int32),
+        preferred_element_type=jnp.float32,
+        precision=_precision(x.dtype),
+    )
+    return out.astype(out_dtype or x.dtype)
+
+
+def gmm_swiglu_reference(x, w_gate, w_up, group_sizes):
+    gs = group_sizes.astype(jnp.int32)
+    g = lax.ragged_dot(
+        x, w_gate, gs, preferred_element_type=jnp.float32, precision=_precision(x.dtype)
+    )
+    u = lax.ragged_dot(
+        x, w_up, gs, preferred_element_type=jnp.float32, precision=_precision(x.dtype)
+    )
+    return (jax.nn.silu(g) * u).astype(x.dtype)
+
+
+def tgmm_reference(x, dy, group_sizes, *, out_dtype=None):
+    """dw[e] = x[rows of e]^T dy[rows of e], by masking (O(E M K N): small sizes only)."""
+    E = group_sizes.shape[0]
+    starts, ends = group_offsets(group_sizes)
+    rows = jnp.arange(x.shape[0])
+    mask = (rows[None, :] >= starts[:, None]) & (rows[None, :] < ends[:, None])  # (E, M)
+    xm = jnp.where(mask[:, :, None], x[None].astype(jnp.float32), 0.0)
+    out = jnp.einsum("emk,mn->ekn", xm, dy.astype(jnp.float32), precision=lax.Precision.HIGHEST)
+    del E
+    return out.astype(out_dtype or x.dtype)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _gmm_kernel(meta_ref, x_ref, *refs, bm, bn, bk, k_steps, num_groups, fused, precision):
+    if fused:
+        wg_ref, wu_ref, o_ref = refs
+    else:
+        wg_ref, o_ref = refs
+        wu_ref = None
+    v = pl.program_id(0)
+    j = pl.program_id(1)
+    tile, group, lo, hi = meta_ref[0, v], meta_ref[1, v], meta_ref[2, v], meta_ref[3, v]
+    row0 = pl.multiple_of(tile * bm, bm)
+    n0 = pl.multiple_of(j * bn, bn)
+    rows = row0 + jnp.arange(bm, dtype=jnp.int32)
+    mask = jnp.broadcast_to(((rows >= lo) & (rows < hi))[:, None], (bm, bn))
+    out = o_ref.at[pl.ds(row0, bm), pl.ds(n0, bn)]
+
+    @pl.when((lo < hi) & (group < num_groups))
+    def _compute():
+        def body(k, accs):
+            k0 = pl.multiple_of(k * bk, bk)
+            xt = x_ref[pl.ds(row0, bm), pl.ds(k0, bk)]
+            new = [
+                accs[0]
+                + jnp.dot(
+                    xt,
+                    wg_ref[group, pl.ds(k0, bk), pl.ds(n0, bn)],
+                    preferred_element_type=jnp.float32,
+                    precision=precision,
+                )
+            ]
+            if fused:
+                new.append(
+                    accs[1]
+                    + jnp.dot(
+                        xt,
+                        wu_ref[group, pl.ds(k0, bk), pl.ds(n0, bn)],
+                        preferred_element_type=jnp.float32,
+                        precision=precision,
+                    )
+                )
+            return tuple(new)
+
+        init = tuple(jnp.zeros((bm, bn), jnp.float32) for _ in range(2 if fused else 1))
+        accs = lax.fori_loop(0, k_steps, body, init)
+        if fused:
+            g, u = accs
+            res = g * jax.nn.sigmoid(g) * u  # SwiGLU epilogue in fp32
+        else:
+            res = accs[0]
+        plgpu.store(out, res.astype(o_ref.dtype), mask=mask)
+
+    @pl.when((lo < hi) & (group == num_groups))
+    def _zeros():  # rows past sum(group_sizes)
+        plgpu.store(out, jnp.zeros((bm, bn), o_ref.dtype), mask=mask)
+
+
+def _tgmm_kernel(off_ref, x_ref, dy_ref, o_ref, *, bm, bk, bn, precision):
+    e = pl.program_id(0)
+    k0 = pl.multiple_of(pl.program_id(1) * bk, bk)
+    n0 = pl.multiple_of(pl.program_id(2) * bn, bn)
+    start, end = off_ref[0, e], off_ref[1, e]
+    first = start // bm
+    # int32 arithmetic, not jnp.where: an i1 loop bound fails to lower on the GPU.
+    steps = jnp.maximum(pl.cdiv(end, bm) - first, 0) * (end > start).astype(jnp.int32)
+
+    def body(t, acc):
+        r0 = pl.multiple_of((first + t) * bm, bm)
+        rows = r0 + jnp.arange(bm, dtype=jnp.int32)
+        keep = (rows >= start) & (rows < end)
+        xt = plgpu.load(
+            x_ref.at[pl.ds(r0, bm), pl.ds(k0, bk)],
+            mask=jnp.broadcast_to(keep[:, None], (bm, bk)),
+            other=0,
+        )
+        dyt = plgpu.load(
+            dy_ref.at[pl.ds(r0, bm), pl.ds(n0, bn)],
+            mask=jnp.broadcast_to(keep[:, None], (bm, bn)),
+            other=0,
+        )
+        return acc + jnp.dot(xt.T, dyt, preferred_element_type=jnp.float32, precision=precision)
+
+    acc = lax.fori_loop(0, steps, body, jnp.zeros((bk, bn), jnp.float32))
+    o_ref[e, pl.ds(k0, bk), pl.ds(n0, bn)] = acc.astype(o_ref.dtype)
+
+
+def _interpret(interpret):
+    return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
+@functools.partial(jax.jit, static_argnames=("tiling", "interpret", "fused"))
+def _gmm_pallas(x, ws, group_sizes, *, tiling: Tiling, interpret: bool, fused: bool):
+    m, k = x.shape
+    E, _, n = ws[0].shape
+    t = tiling
+    xp = _pad_to(_pad_to(x, 0, t.bm), 1, t.bk)
+    # Weights padded here only when K or N is not a block multiple (never for the
+    # benchmark shapes); a training loop should keep them padded once.
+    wp = tuple(_pad_to(_pad_to(w, 1, t.bk), 2, t.bn) for w in ws)
+    mp, kp = xp.shape
+    np_ = wp[0].shape[2]
+    meta = visit_metadata(group_sizes, mp, t.bm)
+    kernel = functools.partial(
+        _gmm_kernel,
+        bm=t.bm,
+        bn=t.bn,
+        bk=t.bk,
+        k_steps=kp // t.bk,
+        num_groups=E,
+        fused=fused,
+        precision=_precision(x.dtype),
+    )
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((mp, np_), x.dtype),
+        grid=(num_visits(mp, t.bm, E), np_ // t.bn),
+        in_specs=[pl.no_block_spec] * (2 + len(wp)),
+        out_specs=pl.no_block_spec,
+        compiler_params=plgpu.CompilerParams(num_warps=t.num_warps, num_stages=t.num_stages),
+        interpret=interpret,
+        name="gmm_swiglu" if fused else "gmm",
+    )(meta, xp, *wp)
+    return out[:m, :n]
+
+
+@functools.partial(jax.jit, static_argnames=("tiling", "interpret", "num_groups"))
+def _tgmm_pallas(x, dy, group_sizes, *, num_groups, tiling: Tiling, interpret: bool):
+    m, k = x.shape
+    n = dy.shape[1]
+    t = tiling
+    xp = _pad_to(_pad_to(x, 0, t.bm), 1, t.bk)
+    dyp = _pad_to(_pad_to(dy, 0, t.bm), 1, t.bn)
+    starts, ends = group_offsets(group_sizes)
+    off = jnp.stack([jnp.minimum(starts, m), jnp.minimum(ends, m)]).astype(jnp.int32)
+    kernel = functools.partial(
+        _tgmm_kernel, bm=t.bm, bk=t.bk, bn=t.bn, precision=_precision(x.dtype)
+    )
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((num_groups, xp.shape[1], dyp.shape[1]), x.dtype),
+        grid=(num_groups, xp.shape[1] // t.bk, dyp.shape[1] // t.bn),
+        in_specs=[pl.no_block_spec] * 3,
+        out_specs=pl.no_block_spec,
+        compiler_params=plgpu.CompilerParams(num_warps=t.num_warps, num_stages=t.num_stages),
+        interpret=interpret,
+        name="tgmm",
+    )(off, xp, dyp)
+    return out[:, :k, :n]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def gmm(
+    x,
+    w,
+    group_sizes,
+    *,
+    impl: str = "auto",
+    tiling: Tiling | None = None,
+    interpret: bool | None = None,
+):
+    """Grouped matmul: out[rows of group e] = x[rows of e] @ w[e]; zeros past sum(gs).
+
+    >>> import jax.numpy as jnp
+    >>> x = jnp.ones((4, 16)); w = jnp.ones((2, 16, 16))
+    >>> gmm(x, w, jnp.array([1, 2]), impl="reference")[:, 0].tolist()
+    [16.0, 16.0, 16.0, 0.0]
+    """
+    _check(x, (w,), group_sizes, "gmm")
+    if _resolve(impl) == "reference":
+        return gmm_reference(x, w, group_sizes)
+    t = _fit(
+        tiling or default_tiling(*x.shape, w.shape[2], w.shape[0], fused=False),
+        x.shape[1],
+        w.shape[2],
+    )
+    return _gmm_pallas(x, (w,), group_sizes, tiling=t, interpret=_interpret(interpret), fused=False)
+
+
+def gmm_swiglu(
+    x,
+    w_gate,
+    w_up,
+    group_sizes,
+    *,
+    impl: str = "auto",
+    tiling: Tiling | None = None,
+    interpret: bool | None = None,
+):
+    """silu(x w_gate[e]) * (x w_up[e]) per group, in one pass (fp32 epilogue)."""
+    _check(x, (w_gate, w_up), group_sizes, "gmm_swiglu")
+    if _resolve(impl) == "reference":
+        return gmm_swiglu_reference(x, w_gate, w_up, group_sizes)
+    t = _fit(
+        tiling or default_tiling(*x.shape, w_gate.shape[2], w_gate.shape[0], fused=True),
+        x.shape[1],
+        w_gate.shape[2],
+    )
+    return _gmm_pallas(
+        x, (w_gate, w_up), group_sizes, tiling=t, interpret=_interpret(interpret), fused=True
+    )
+
+
+def tgmm(
+    x,
+    dy,
+    group_sizes,
+    *,
+    impl: str = "auto",
+    tiling: Tiling | None = None,
+    interpret: bool | None = None,
+):
+    """Weight gradient of gmm: dw[e] = x[rows of e]^T dy[rows of e], shape [E, K, N]."""
+    if x.ndim != 2 or dy.ndim != 2 or x.shape[0] != dy.shape[0]:
+        raise ValueError(f"tgmm: x [M,K] and dy [M,N] must share M, got {x.shape}, {dy.shape}")
+    if _resolve(impl) == "reference":
+        return tgmm_reference(x, dy, group_sizes)
+    t = _fit(
+        tiling
+        or default_tiling(x.shape[0], x.shape[1], dy.shape[1], group_sizes.shape[0], fused=False),
+        x.shape[1],
+        dy.shape[1],
+    )
+    t = Tiling(
+        bm=min(t.bm, 64),
+        bn=min(t.bn, 128),
+        bk=min(t.bk, 128) if t.bk >= 64 else t.bk,
+        num_warps=t.num_warps,
+        num_stages=t.num_stages,
+    )
+    return _tgmm_pallas(
+        x,
+        dy,
+        group_sizes,
+        num_groups=group_sizes.shape[0],
+        tiling=t,
+        interpret=_interpret(interpret),
+    )
