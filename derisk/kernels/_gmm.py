@@ -47,6 +47,9 @@ class Tiling:
     bk: int = 64
     num_warps: int = 8
     num_stages: int = 3
+    # 0: a 2-D (visit, n-tile) grid. k >= 1: a 1-D grid in which k consecutive visits
+    # sweep all n-tiles together, so their x tiles stay in L2 (Triton's "group-M" order).
+    group_m: int = 0
 
 
 CPU_TILING = Tiling(bm=16, bn=16, bk=16, num_warps=4, num_stages=1)  # interpret mode
@@ -72,7 +75,12 @@ def _fit(t: Tiling, k: int, n: int) -> Tiling:
         return max(16, min(b, pl.next_power_of_2(d)))
 
     return Tiling(
-        bm=t.bm, bn=cap(t.bn, n), bk=cap(t.bk, k), num_warps=t.num_warps, num_stages=t.num_stages
+        bm=t.bm,
+        bn=cap(t.bn, n),
+        bk=cap(t.bk, k),
+        num_warps=t.num_warps,
+        num_stages=t.num_stages,
+        group_m=t.group_m,
     )
 
 
@@ -164,14 +172,38 @@ def tgmm_reference(x, dy, group_sizes, *, out_dtype=None):
 # --------------------------------------------------------------------------- kernels
 
 
-def _gmm_kernel(meta_ref, x_ref, *refs, bm, bn, bk, k_steps, num_groups, fused, precision):
+def _swizzle(pid, *, visits, n_tiles, group_m):
+    """1-D program id -> (visit, n-tile), group_m visits at a time across all n-tiles."""
+    width = group_m * n_tiles
+    first = (pid // width) * group_m
+    size = jnp.minimum(visits - first, group_m)
+    return first + (pid % width) % size, (pid % width) // size
+
+
+def _gmm_kernel(
+    meta_ref,
+    x_ref,
+    *refs,
+    bm,
+    bn,
+    bk,
+    k_steps,
+    num_groups,
+    fused,
+    precision,
+    visits,
+    n_tiles,
+    group_m,
+):
     if fused:
         wg_ref, wu_ref, o_ref = refs
     else:
         wg_ref, o_ref = refs
         wu_ref = None
-    v = pl.program_id(0)
-    j = pl.program_id(1)
+    if group_m:
+        v, j = _swizzle(pl.program_id(0), visits=visits, n_tiles=n_tiles, group_m=group_m)
+    else:
+        v, j = pl.program_id(0), pl.program_id(1)
     tile, group, lo, hi = meta_ref[0, v], meta_ref[1, v], meta_ref[2, v], meta_ref[3, v]
     row0 = pl.multiple_of(tile * bm, bm)
     n0 = pl.multiple_of(j * bn, bn)
@@ -273,11 +305,15 @@ def _gmm_pallas(x, ws, group_sizes, *, tiling: Tiling, interpret: bool, fused: b
         num_groups=E,
         fused=fused,
         precision=_precision(x.dtype),
+        visits=num_visits(mp, t.bm, E),
+        n_tiles=np_ // t.bn,
+        group_m=t.group_m,
     )
+    visits, n_tiles = num_visits(mp, t.bm, E), np_ // t.bn
     out = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((mp, np_), x.dtype),
-        grid=(num_visits(mp, t.bm, E), np_ // t.bn),
+        grid=(visits * n_tiles,) if t.group_m else (visits, n_tiles),
         in_specs=[pl.no_block_spec] * (2 + len(wp)),
         out_specs=pl.no_block_spec,
         compiler_params=plgpu.CompilerParams(num_warps=t.num_warps, num_stages=t.num_stages),
