@@ -310,16 +310,16 @@ def tiling_sweep(name="S1"):
     x, wg, wu, wd, _ = make_inputs(m, e, d, f)
     h = gmm_swiglu(x, wg, wu, gs, impl="reference")
     out = []
-    for bm, bn, bk, w, s in [
-        (128, 128, 64, 8, 3),
-        (128, 128, 64, 4, 3),
-        (128, 256, 64, 8, 3),
-        (64, 256, 64, 8, 3),
-        (128, 128, 32, 8, 4),
-        (64, 128, 64, 4, 4),
-    ]:
-        t = Tiling(bm=bm, bn=bn, bk=bk, num_warps=w, num_stages=s)
-        rec = {"tiling": f"bm{bm} bn{bn} bk{bk} w{w} s{s}"}
+    configs = [(128, 128, 64, 8, 3, g) for g in (0, 4, 8, 16)]
+    configs += [
+        (64, 128, 64, 8, 3, 8),
+        (64, 256, 64, 8, 3, 8),
+        (128, 256, 64, 8, 3, 8),
+        (128, 128, 64, 8, 4, 8),
+    ]
+    for bm, bn, bk, w, s, g in configs:
+        t = Tiling(bm=bm, bn=bn, bk=bk, num_warps=w, num_stages=s, group_m=g)
+        rec = {"shape": name, "tiling": f"bm{bm} bn{bn} bk{bk} w{w} s{s} g{g}"}
         for kname, fn, args, fl in [
             (
                 "swiglu",
@@ -346,14 +346,15 @@ def tiling_sweep(name="S1"):
 
 def table(rows):
     lines = [
-        "| shape (M,E,D,F) | routing | 3-matmul ceiling ms | pallas default / group-8 ms (best: TF/s, % ceiling) | ragged_dot "
+        "| shape (M,E,D,F) | routing | 3-matmul ceiling ms | pallas default / group-8 ms "
+        "(best: TF/s, % ceiling) | ragged_dot "
         "ms | capacity ms (core) | mgpu ms | pallas vs best other | fwd+bwd pallas / "
         "ragged / capacity ms |",
         "|" + "---|" * 9,
     ]
     for r in rows:
 
-        def ms(k):
+        def ms(k, r=r):
             v = r.get(f"{k}_ms")
             return f"{v:.3f}" if v is not None else "err"
 
@@ -369,7 +370,8 @@ def table(rows):
         best = f"{min(others) / p:.2f}x" if p and others else "-"
         lines.append(
             f"| {r['M']},{r['E']},{r['D']},{r['F']} | {r['routing']} | {ms('dense3')} | "
-            f"{ms('pallas')} / {ms('pallas_g8')} ({tf}, {frac}) | {ms('ragged_dot')} | {ms('capacity')} "
+            f"{ms('pallas')} / {ms('pallas_g8')} ({tf}, {frac}) | {ms('ragged_dot')} | "
+            f"{ms('capacity')} "
             f"({ms('capacity_core')}) | {ms('mgpu')} | {best} | {ms('pallas_fb')} / "
             f"{ms('ragged_dot_fb')} / {ms('capacity_fb')} |"
         )

@@ -56,16 +56,18 @@ CPU_TILING = Tiling(bm=16, bn=16, bk=16, num_warps=4, num_stages=1)  # interpret
 
 
 def default_tiling(m: int, k: int, n: int, num_groups: int, *, fused: bool) -> Tiling:
-    """Trace-time pick from the shapes (the H100 sweep in BENCHMARKS.md chose these)."""
+    """Trace-time pick from the shapes, from the H100 runs in BENCHMARKS.md.
+
+    bm = 64 when groups are small (less straddling waste); the group-8 swizzle paid
+    8-18% wherever experts have hundreds of rows, and cost 9% in the decode-like case
+    (a few dozen rows per expert, weight-streaming), so it is off there.
+    """
     if jax.default_backend() != "gpu":
         return CPU_TILING
     rows_per_group = m / max(num_groups, 1)
     bm = 64 if rows_per_group < 512 else 128
-    if fused:
-        return Tiling(bm=bm, bn=128, bk=64, num_warps=8, num_stages=3)
-    return Tiling(
-        bm=bm, bn=256 if n % 256 == 0 and bm == 128 else 128, bk=64, num_warps=8, num_stages=3
-    )
+    group_m = 8 if rows_per_group >= 128 else 0
+    return Tiling(bm=bm, bn=128, bk=64, num_warps=8, num_stages=3, group_m=group_m)
 
 
 def _fit(t: Tiling, k: int, n: int) -> Tiling:
