@@ -33,12 +33,29 @@ def action_value(
 
     Returns:
         (m, L) array; -inf where the node cannot be started (min cost > budget).
+        x_s and x_f are overwritten: callers pass fresh gathers (fancy indexing copies).
     """
     m, L = x_s.shape
-    cont = p[:, None] * (gain + x_s) + (1.0 - p)[:, None] * x_f  # (m, L) by budget after
+    # In place on the caller's fresh gathers: cont = p (gain + x_s) + (1 - p) x_f.
+    cont = x_s
+    if gain:
+        cont += gain
+    cont *= p[:, None]
+    x_f *= (1.0 - p)[:, None]
+    cont += x_f  # (m, L), by the budget left after paying
+    units, probs = problem.cost_units[i], problem.cost_probs[i]
+    lo = int(units[0])
+    if len(units) == 1:  # deterministic cost: a shift, no mixture
+        out = np.empty((m, L))
+        k = min(lo, L)
+        out[:, :k] = -np.inf
+        out[:, k:] = cont[:, : L - k]
+        if spend_weight and lo:
+            out[:, k:] += spend_weight * lo
+        return out
     out = np.zeros((m, L))
     levels = np.arange(L)
-    for c, q in zip(problem.cost_units[i], problem.cost_probs[i], strict=True):
+    for c, q in zip(units, probs, strict=True):
         c = int(c)
         if c < L:
             out[:, c:] += q * (cont[:, : L - c] + spend_weight * c)
@@ -46,6 +63,5 @@ def action_value(
             k = min(c, L)
             # Overrun: the run is cut off, everything left is spent, it counts as failed.
             out[:, :k] += q * (x_d0[:, None] + spend_weight * levels[None, :k])
-    lo = int(problem.cost_units[i][0])
     out[:, : min(lo, L)] = -np.inf
     return out
