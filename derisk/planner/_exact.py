@@ -15,6 +15,8 @@ BLOCK_ELEMENTS = 1 << 19
 
 def _block_rows(levels: int) -> int:
     return max(64, BLOCK_ELEMENTS // max(levels, 1))
+
+
 TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
 
 
@@ -43,8 +45,14 @@ def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None):
                 st = rows if every else rows[sel]
                 d = space.succ_d[st, i]
                 q = action_value(
-                    problem, i, space.p[st, i], V[space.succ_s[st, i]], V[space.succ_f[st, i]],
-                    V[d, 0] if d[0] >= 0 else None, gain=problem.reward[i], spend_weight=price,
+                    problem,
+                    i,
+                    space.p[st, i],
+                    V[space.succ_s[st, i]],
+                    V[space.succ_f[st, i]],
+                    V[d, 0] if d[0] >= 0 else None,
+                    gain=problem.reward[i],
+                    spend_weight=price,
                 )
                 # Views when node i is runnable in every row; otherwise gather and scatter.
                 cur = best if every else best[sel]
