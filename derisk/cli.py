@@ -221,6 +221,30 @@ SetOpt = Annotated[
 ]
 
 
+def _print_chart(plt) -> None:
+    """A plotext figure to stdout, plain when stdout is not a colour terminal."""
+    plt.plotsize(min(100, out.width), 20)
+    text = plt.build()
+    if not out.is_terminal or out.no_color:
+        text = plt.uncolorize(text)
+    # Straight to stdout: rich would re-wrap the chart's lines.
+    out.file.write(text + "\n")
+    out.file.flush()
+
+
+def _save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure (format from the extension); a bad path is a user error."""
+    import matplotlib.pyplot as mpl
+
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except (OSError, ValueError) as exc:
+        raise DeriskError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        mpl.close(fig)
+
+
 # ---------------------------------------------------------------- plan
 
 
@@ -434,13 +458,7 @@ def _whatif_chart(w, goal, unit) -> None:
             label=f"P({goal}) x {scale:.3g}",
         )
     plt.xlabel(f"budget ({unit})" if unit else "budget")
-    plt.plotsize(min(100, out.width), 20)
-    text = plt.build()
-    if not out.is_terminal or out.no_color:
-        text = plt.uncolorize(text)
-    # Straight to stdout: rich would re-wrap the chart's lines.
-    out.file.write(text + "\n")
-    out.file.flush()
+    _print_chart(plt)
 
 
 def _whatif_png(w, goal, png: Path, roadmap: Roadmap) -> None:
@@ -461,13 +479,7 @@ def _whatif_png(w, goal, png: Path, roadmap: Roadmap) -> None:
         ax2.set_ylabel(f"P({goal})")
         ax2.set_ylim(0, 1)
     ax.set_title(roadmap.name)
-    fig.tight_layout()
-    try:
-        fig.savefig(png)
-    except OSError as exc:
-        raise DeriskError(f"cannot write {png}: {exc.strerror}") from None
-    finally:
-        mpl.close(fig)
+    _save_figure(fig, png)
 
 
 # ---------------------------------------------------------------- simulate
@@ -694,6 +706,268 @@ def record(
     for eid, rec in state.items():
         out.print(f"{eid}: {rec['outcome']} ({_fmt(rec['spent'], roadmap.unit_label())})")
     out.print(f"saved to {path}; budget left {_fmt(roadmap.budget - total, roadmap.unit_label())}")
+
+
+# ---------------------------------------------------------------- scaling laws
+
+
+@app.command()
+@command
+def fit(
+    file: Annotated[
+        Path, typer.Argument(help="CSV with params, tokens, loss (+ experts, granularity).")
+    ],
+    law: Annotated[
+        str, typer.Option("--law", help="chinchilla | moe (granularity) | moe_experts")
+    ] = "chinchilla",
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Refits on resampled runs for intervals (0 = none).")
+    ] = 100,
+    starts: Annotated[
+        int,
+        typer.Option(
+            "--starts", help="L-BFGS starts (the best points of the initialisation grid)."
+        ),
+    ] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    params_col: Annotated[str, typer.Option("--params-col")] = "params",
+    tokens_col: Annotated[str, typer.Option("--tokens-col")] = "tokens",
+    loss_col: Annotated[str, typer.Option("--loss-col")] = "loss",
+    experts_col: Annotated[str, typer.Option("--experts-col")] = "experts",
+    granularity_col: Annotated[str, typer.Option("--granularity-col")] = "granularity",
+    save: Annotated[
+        str | None,
+        typer.Option("--save", help="Save the law under this name (or to this .json path)."),
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also save a matplotlib figure.")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Fit a scaling law (Hoffmann et al. approach 3) with bootstrap intervals."""
+    from derisk.graphs import write_atomic
+    from derisk.scaling import LAWS, fit_law, fit_to_json, laws_dir, load_runs_csv
+
+    if law not in LAWS:
+        raise DeriskError(f"--law must be one of {', '.join(LAWS)}, got {law!r}")
+    if bootstrap < 0 or starts < 1:
+        raise DeriskError("--bootstrap must be >= 0 and --starts >= 1")
+    data = load_runs_csv(
+        file,
+        columns={
+            "params": params_col,
+            "tokens": tokens_col,
+            "loss": loss_col,
+            "experts": experts_col,
+            "granularity": granularity_col,
+        },
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("bootstrap", total=bootstrap)
+        result = fit_law(
+            data,
+            law,
+            starts=starts,
+            bootstrap=bootstrap,
+            seed=seed,
+            progress=lambda k: bar.advance(task, k),
+        )
+    intervals = result.intervals()
+    saved = None
+    if save:
+        dest = Path(save) if save.endswith(".json") else laws_dir() / f"{save}.json"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            dest,
+            json.dumps(
+                _jsonable(
+                    fit_to_json(
+                        result,
+                        provenance={
+                            "file": str(file),
+                            "law": law,
+                            "bootstrap": bootstrap,
+                            "seed": seed,
+                        },
+                    )
+                ),
+                indent=1,
+            )
+            + "\n",
+        )
+        saved = str(dest)
+    if png is not None:
+        _fit_png(result, data, png)
+    if as_json:
+        emit(
+            {
+                **result.params,
+                "law": law,
+                "intervals": intervals,
+                "loss": result.loss,
+                "rmse_log": result.rmse_log,
+                "sigma_log": result.sigma_log,
+                "runs": result.n,
+                "starts": result.starts,
+                "starts_at_optimum": result.starts_at_optimum,
+                "success": result.success,
+                "seconds": result.seconds,
+                "saved": saved,
+            }
+        )
+        return
+    out.print(
+        f"[bold]{law}[/] fit to {result.n} runs from {file} in {result.seconds:.2f}s: "
+        f"{result.starts_at_optimum}/{result.starts} L-BFGS starts reached the optimum "
+        f"(Huber objective {result.loss:.3g})"
+    )
+    t = Table()
+    for col in ("parameter", "value", "80% interval"):
+        t.add_column(col, justify="right")
+    for k, v in result.params.items():
+        iv = intervals.get(k)
+        t.add_row(k, f"{v:.4g}", f"{iv[0]:.4g} - {iv[1]:.4g}" if iv else "-")
+    out.print(t)
+    out.print(
+        f"log-loss residuals: RMS {result.rmse_log:.4f}, robust noise sigma "
+        f"{result.sigma_log:.4f}" + (f"; saved to {saved}" if saved else "")
+    )
+    _fit_chart(result, data)
+
+
+def _frontier(result, data, upto: float = 10.0):
+    """Compute-optimal loss against compute, with the bootstrap 10-90% band."""
+    from derisk.scaling import optimal_allocation
+
+    C = 6 * data.params * data.tokens
+    grid = np.geomspace(C.min(), C.max() * upto, 40)
+    mid, lo, hi = [], [], []
+    for c in grid:
+        a = optimal_allocation(result, float(c))
+        mid.append(a.loss)
+        lo.append(a.loss_interval[0] if a.loss_interval else a.loss)
+        hi.append(a.loss_interval[1] if a.loss_interval else a.loss)
+    return C, grid, np.array(mid), np.array(lo), np.array(hi)
+
+
+def _fit_chart(result, data) -> None:
+    import plotext as plt
+
+    plt.clear_figure()
+    C = 6 * data.params * data.tokens
+    plt.scatter(np.log10(C).tolist(), data.loss.tolist(), label="runs", marker="dot")
+    if result.law == "chinchilla":
+        _, grid, mid, lo, hi = _frontier(result, data)
+        x = np.log10(grid).tolist()
+        plt.plot(x, mid.tolist(), label="compute-optimal fit")
+        plt.plot(x, lo.tolist(), label="80% band")
+        plt.plot(x, hi.tolist())
+    else:
+        X = np.stack([np.log(data.params), np.log(data.tokens), np.zeros(data.n)], 1)
+        pred = result.predict(_law_inputs(result, data))
+        del X
+        plt.scatter(np.log10(C).tolist(), pred.tolist(), label="fit at each run", marker="x")
+    plt.xlabel("log10 training FLOPs (6ND)")
+    plt.ylabel("loss")
+    _print_chart(plt)
+
+
+def _law_inputs(result, data):
+    from derisk.scaling._fit import _inputs
+    from derisk.scaling._laws import LAWS
+
+    return _inputs(LAWS[result.law], data)[0]
+
+
+def _fit_png(result, data, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as mpl
+
+    fig, ax = mpl.subplots(figsize=(7, 4.5))
+    C = 6 * data.params * data.tokens
+    sc = ax.scatter(C, data.loss, c=np.log10(data.params), s=14, cmap="viridis", label="runs")
+    fig.colorbar(sc, ax=ax, label="log10 params")
+    if result.law == "chinchilla":
+        _, grid, mid, lo, hi = _frontier(result, data)
+        ax.plot(grid, mid, color="C3", label="compute-optimal fit")
+        ax.fill_between(grid, lo, hi, color="C3", alpha=0.2, label="80% predictive band")
+        ax.axvline(C.max(), color="grey", ls=":", lw=0.8)
+    else:
+        ax.scatter(
+            C, result.predict(_law_inputs(result, data)), marker="x", color="C3", s=14, label="fit"
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs (6ND)")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{result.law} fit, {result.n} runs")
+    ax.legend()
+    _save_figure(fig, png)
+
+
+@app.command()
+@command
+def optimal(
+    flops: Annotated[str, typer.Option("--flops", help="Training compute, e.g. 1e21.")],
+    law: Annotated[
+        str, typer.Option("--law", help="A saved law name or .json path.")
+    ] = "chinchilla",
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact", help="Count attention FLOPs (numeric) instead of C = 6ND (closed form)."
+        ),
+    ] = False,
+    seq_len: Annotated[int, typer.Option("--seq-len")] = 2048,
+    as_json: JsonOpt = False,
+):
+    """Compute-optimal model size and tokens for a FLOP budget, from a fitted law."""
+    from derisk.scaling import load_law, optimal_allocation
+
+    try:
+        c = float(flops)
+    except ValueError:
+        raise DeriskError(f"--flops must be a number like 1e21, got {flops!r}") from None
+    if not (math.isfinite(c) and c > 0):
+        raise DeriskError(f"--flops must be positive, got {flops!r}")
+    result = load_law(law)
+    if result.law != "chinchilla":
+        raise DeriskError(
+            f"law {law!r} is a {result.law} law; compute-optimal allocation "
+            "needs a dense (chinchilla) law"
+        )
+    a = optimal_allocation(result, c, exact=exact, seq_len=seq_len)
+    if as_json:
+        emit(
+            {
+                "flops": a.flops,
+                "params": a.params,
+                "tokens": a.tokens,
+                "tokens_per_param": a.tokens_per_param,
+                "loss": a.loss,
+                "loss_interval": a.loss_interval,
+                "method": a.method,
+                "law": law,
+            }
+        )
+        return
+    out.print(f"C = {a.flops:.3g} FLOPs ({a.method}):")
+    out.print(
+        f"  N* = {a.params:.3g} parameters, D* = {a.tokens:.3g} tokens "
+        f"({a.tokens_per_param:.1f} tokens per parameter)"
+    )
+    iv = f" (80%: {a.loss_interval[0]:.4f} - {a.loss_interval[1]:.4f})" if a.loss_interval else ""
+    out.print(f"  predicted loss {a.loss:.4f}{iv}")
 
 
 def main() -> None:

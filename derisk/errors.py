@@ -57,5 +57,9 @@ class ProblemTooLarge(SolverError):
         super().__init__(message)
 
 
+class DataError(DeriskError):
+    """Training-run data (a CSV or a run store) cannot be fitted as given."""
+
+
 class StateFileError(DeriskError):
     """A recorded-outcomes state file is corrupt or does not match its roadmap."""

@@ -1,0 +1,39 @@
+"""Scaling laws: fits with uncertainty, compute-optimal allocation, dense and MoE."""
+
+from derisk.scaling._data import RunData, load_runs_csv, run_data
+from derisk.scaling._fit import HUBER_DELTA, FitResult, fit_law, objective
+from derisk.scaling._laws import LAWS, LawForm
+from derisk.scaling._optimal import (
+    Allocation,
+    IsoFlopFit,
+    effective_params,
+    fit_from_json,
+    fit_to_json,
+    flops_per_token,
+    isoflop_fit,
+    laws_dir,
+    load_law,
+    optimal_allocation,
+)
+
+__all__ = [
+    "HUBER_DELTA",
+    "LAWS",
+    "Allocation",
+    "FitResult",
+    "IsoFlopFit",
+    "LawForm",
+    "RunData",
+    "effective_params",
+    "fit_from_json",
+    "fit_law",
+    "fit_to_json",
+    "flops_per_token",
+    "isoflop_fit",
+    "laws_dir",
+    "load_law",
+    "load_runs_csv",
+    "objective",
+    "optimal_allocation",
+    "run_data",
+]

@@ -1,0 +1,161 @@
+"""Training-run data for scaling fits: loading, validation, summaries."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from derisk.errors import DataError
+
+COLUMNS = ("params", "tokens", "loss", "experts", "granularity")
+
+
+@dataclass(frozen=True, eq=False)
+class RunData:
+    """One row per training run. experts/granularity default to 1 (dense)."""
+
+    params: np.ndarray
+    tokens: np.ndarray
+    loss: np.ndarray
+    experts: np.ndarray
+    granularity: np.ndarray
+    source: str = "<data>"
+
+    @property
+    def n(self) -> int:
+        return len(self.loss)
+
+    def require(self, law) -> None:
+        """Raise DataError if this data cannot identify `law`'s parameters."""
+        n_params = len(law.params)
+        if self.n < n_params + 1:
+            raise DataError(
+                f"{self.source}: {self.n} runs cannot fit the {law.name} law's "
+                f"{n_params} parameters; give at least {n_params + 1} runs "
+                "(a few dozen for useful intervals)"
+            )
+        if len(np.unique(self.params)) < 3:
+            raise DataError(
+                f"{self.source}: all runs use {len(np.unique(self.params))} model "
+                "size(s); the parameter exponent needs at least 3 distinct `params`"
+            )
+        if len(np.unique(self.tokens)) < 3:
+            raise DataError(
+                f"{self.source}: the token exponent needs at least 3 distinct `tokens` values"
+            )
+        if "granularity" in law.inputs and len(np.unique(self.granularity)) < 2:
+            raise DataError(
+                f"{self.source}: the moe law needs runs at 2 or more granularities "
+                "(column `granularity`)"
+            )
+        if "experts" in law.inputs and len(np.unique(self.experts)) < 2:
+            raise DataError(
+                f"{self.source}: the moe_experts law needs runs with 2 or more "
+                "expert counts (column `experts`)"
+            )
+
+    def summary(self) -> dict:
+        return {
+            "runs": self.n,
+            "source": self.source,
+            "params": [float(self.params.min()), float(self.params.max())],
+            "tokens": [float(self.tokens.min()), float(self.tokens.max())],
+            "loss": [float(self.loss.min()), float(self.loss.max())],
+            "experts": sorted({float(x) for x in self.experts}),
+            "granularity": sorted({float(x) for x in self.granularity}),
+        }
+
+    def subset(self, mask: np.ndarray) -> RunData:
+        return RunData(
+            params=self.params[mask],
+            tokens=self.tokens[mask],
+            loss=self.loss[mask],
+            experts=self.experts[mask],
+            granularity=self.granularity[mask],
+            source=self.source,
+        )
+
+
+def run_data(
+    params, tokens, loss, *, experts=None, granularity=None, source: str = "<data>"
+) -> RunData:
+    """Validated RunData from arrays (positive finite values)."""
+    arrays = {
+        "params": params,
+        "tokens": tokens,
+        "loss": loss,
+        "experts": np.ones(len(loss)) if experts is None else experts,
+        "granularity": np.ones(len(loss)) if granularity is None else granularity,
+    }
+    out = {}
+    for name, a in arrays.items():
+        a = np.asarray(a, dtype=np.float64)
+        bad = ~np.isfinite(a) | (a <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{source}: `{name}` must be a positive finite number; row {i + 1} "
+                f"has {a[i]!r} ({int(bad.sum())} bad value(s) in all)"
+            )
+        out[name] = a
+    if len({len(a) for a in out.values()}) != 1:
+        raise DataError(f"{source}: columns have different lengths")
+    return RunData(source=source, **out)
+
+
+def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) -> RunData:
+    """Read a CSV with columns params, tokens, loss (+ experts, granularity).
+
+    `columns` maps our names to the file's (e.g. {"params": "N", "tokens": "D"}).
+    Errors name the file, the row (1-based, header = row 1) and the column.
+    """
+    path = Path(path)
+    mapping = {k: k for k in COLUMNS} | (columns or {})
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    reader = csv.DictReader(text.splitlines())
+    header = reader.fieldnames or []
+    missing = [k for k in ("params", "tokens", "loss") if mapping[k] not in header]
+    if missing:
+        want = ", ".join(f"`{mapping[k]}`" for k in missing)
+        raise DataError(
+            f"{path}:1: missing column(s) {want}; found {', '.join(header) or 'none'}"
+            ". Map other names with --params-col/--tokens-col/--loss-col"
+        )
+    cols = {k: [] for k in COLUMNS}
+    for row_no, row in enumerate(reader, start=2):
+        for k in COLUMNS:
+            name = mapping[k]
+            if name not in header:
+                cols[k].append(1.0)
+                continue
+            raw = (row.get(name) or "").strip()
+            try:
+                v = float(raw)
+            except ValueError:
+                raise DataError(
+                    f"{path}:{row_no}: column `{name}` is {raw!r}, expected a number"
+                ) from None
+            if not math.isfinite(v) or v <= 0:
+                raise DataError(
+                    f"{path}:{row_no}: column `{name}` is {raw}, expected a positive finite number"
+                )
+            cols[k].append(v)
+    if not cols["loss"]:
+        raise DataError(f"{path}: no data rows")
+    return run_data(
+        cols["params"],
+        cols["tokens"],
+        cols["loss"],
+        experts=cols["experts"],
+        granularity=cols["granularity"],
+        source=str(path),
+    )

@@ -1,0 +1,255 @@
+"""Compute-optimal allocation, IsoFLOP fits (approach 2), saved laws."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import optimize
+
+from derisk.errors import DataError
+from derisk.scaling._data import RunData
+from derisk.scaling._fit import FitResult
+from derisk.scaling._laws import LAWS
+
+
+def flops_per_token(
+    params: float | np.ndarray, *, seq_len: int = 2048, aspect: float = 128.0
+) -> float | np.ndarray:
+    """Training FLOPs per token of a decoder with `params` non-embedding parameters.
+
+    6N for the weight matmuls (forward 2N, backward 4N) plus attention's score and value
+    products, 6 x n_layer x seq_len x d_model (Kaplan et al. 2020, table 1, times 3 for
+    forward + backward). The shape comes from N = 12 n_layer d_model^2 and a fixed aspect
+    ratio d_model = aspect x n_layer.
+    """
+    n_layer = np.cbrt(np.asarray(params, dtype=np.float64) / (12 * aspect**2))
+    d_model = aspect * n_layer
+    return 6.0 * params + 6.0 * n_layer * seq_len * d_model
+
+
+@dataclass(frozen=True)
+class Allocation:
+    flops: float
+    params: float  # N*
+    tokens: float  # D*
+    tokens_per_param: float
+    loss: float
+    loss_interval: tuple[float, float] | None
+    method: str  # "closed form (C = 6ND)" or "numeric (exact FLOPs)"
+
+
+def _chinchilla_like(fit: FitResult) -> tuple[float, float, float, float, float]:
+    p = fit.params
+    if fit.law == "moe_experts":
+        raise ValueError("use effective_params for MoE laws; allocate with the dense view")
+    return p["E"], p["A"], p["B"], p["alpha"], p["beta"]
+
+
+def optimal_allocation(
+    fit: FitResult, flops: float, *, exact: bool = False, seq_len: int = 2048, level: float = 0.8
+) -> Allocation:
+    """N*(C), D*(C) minimising the fitted loss at compute C.
+
+    Closed form under C = 6ND (Hoffmann et al. 2022, eq. 4):
+    N* = G (C/6)^(b/(a+b)), D* = G^-1 (C/6)^(a/(a+b)), G = (alpha A / (beta B))^(1/(a+b)).
+    With exact=True, C = D x flops_per_token(N) (attention included), solved numerically.
+    """
+    if not (np.isfinite(flops) and flops > 0):
+        raise ValueError(f"flops must be a positive number, got {flops!r}")
+    if fit.law != "chinchilla":
+        raise ValueError(f"compute-optimal allocation needs a dense law; got {fit.law}")
+    E, A, B, al, be = _chinchilla_like(fit)
+    if not exact:
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        n = G * (flops / 6) ** (be / (al + be))
+        d = (flops / 6) ** (al / (al + be)) / G
+        method = "closed form (C = 6ND)"
+    else:
+
+        def loss_at(logn):
+            n_ = np.exp(logn)
+            d_ = flops / flops_per_token(n_, seq_len=seq_len)
+            return E + A / n_**al + B / d_**be
+
+        lo, hi = np.log(1e3), np.log(flops / 6 / 1.0)
+        res = optimize.minimize_scalar(
+            loss_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10}
+        )
+        n = float(np.exp(res.x))
+        d = flops / float(flops_per_token(n, seq_len=seq_len))
+        method = "numeric (exact FLOPs, attention included)"
+    X = np.array([[np.log(n), np.log(d), 0.0]])
+    point = float(fit.predict(X)[0])
+    interval = None
+    if fit.bootstrap is not None:
+        s = fit.predictive_samples(X)[:, 0]
+        q = (1 - level) / 2
+        interval = (float(np.quantile(s, q)), float(np.quantile(s, 1 - q)))
+    return Allocation(
+        flops=float(flops),
+        params=float(n),
+        tokens=float(d),
+        tokens_per_param=float(d / n),
+        loss=point,
+        loss_interval=interval,
+        method=method,
+    )
+
+
+def effective_params(
+    fit: FitResult, params: float, *, experts: float = 1.0, granularity: float = 1.0
+) -> float:
+    """The dense parameter count this MoE is worth under the fitted law.
+
+    moe_experts: N_eff = N X^(gamma/alpha). moe (granularity G): the parameter term
+    (g/G^gamma + a)/N^alpha equals (g + a)/N_eff^alpha, i.e. relative to G = 1.
+    """
+    p = fit.params
+    if fit.law == "moe_experts":
+        return float(params * experts ** (p["gamma"] / p["alpha"]))
+    if fit.law == "moe":
+        ratio = (p["g"] + p["A"]) / (p["g"] / granularity ** p["gamma"] + p["A"])
+        return float(params * ratio ** (1 / p["alpha"]))
+    return float(params)
+
+
+@dataclass(frozen=True)
+class IsoFlopFit:
+    """Approach 2: per-budget parabola minima, then N_opt = k C^a."""
+
+    budgets: np.ndarray
+    n_opt: np.ndarray
+    a: float  # exponent of N_opt in C
+    b: float  # exponent of D_opt in C
+    k_n: float
+
+
+def isoflop_fit(
+    data: RunData, *, rel_tol: float = 0.1, min_points: int = 3, window_decades: float = 0.5
+) -> IsoFlopFit:
+    """Group runs into IsoFLOP slices (C = 6ND within rel_tol), fit a parabola of loss in
+    log N per slice, and a power law to the minima (Hoffmann et al. 2022, approach 2).
+
+    Each parabola uses only the runs within `window_decades` of the slice's best run: the
+    loss is not symmetric in log N, so a parabola over a wide slice misplaces the minimum.
+    """
+    C = 6 * data.params * data.tokens
+    order = np.argsort(C)
+    groups, cur = [], [order[0]]
+    for i in order[1:]:
+        if C[i] <= C[cur[0]] * (1 + rel_tol):
+            cur.append(i)
+        else:
+            groups.append(cur)
+            cur = [i]
+    groups.append(cur)
+    budgets, nopt = [], []
+    for g in groups:
+        if len(g) < min_points or len(np.unique(data.params[g])) < 3:
+            continue
+        g = np.asarray(g)
+        best = g[np.argmin(data.loss[g])]
+        near = np.abs(np.log10(data.params[g] / data.params[best])) <= window_decades
+        g = g[near]
+        if len(g) < min_points:
+            continue
+        x = np.log(data.params[g])
+        c2, c1, _ = np.polyfit(x, data.loss[g], 2)
+        if c2 <= 0:
+            continue
+        xm = -c1 / (2 * c2)
+        if not (x.min() <= xm <= x.max()):
+            continue  # minimum outside the slice: not identified
+        budgets.append(float(np.mean(C[g])))
+        nopt.append(float(np.exp(xm)))
+    if len(budgets) < 2:
+        raise DataError(
+            f"{data.source}: no IsoFLOP structure (need 2+ compute budgets with 3+ "
+            "model sizes each, bracketing the optimum); use the approach-3 fit"
+        )
+    budgets, nopt = np.array(budgets), np.array(nopt)
+    a, logk = np.polyfit(np.log(budgets), np.log(nopt), 1)
+    return IsoFlopFit(
+        budgets=budgets, n_opt=nopt, a=float(a), b=float(1 - a), k_n=float(np.exp(logk))
+    )
+
+
+# ------------------------------------------------------------------------- saved laws
+
+
+def laws_dir() -> Path:
+    """Where fitted laws are saved: $DERISK_LAWS, else ~/.local/share/derisk/laws."""
+    env = os.environ.get("DERISK_LAWS")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "derisk" / "laws"
+
+
+def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
+    return {
+        "version": 1,
+        "law": fit.law,
+        "theta": fit.theta.tolist(),
+        "params": fit.params,
+        "intervals": fit.intervals(),
+        "loss": fit.loss,
+        "rmse_log": fit.rmse_log,
+        "sigma_log": fit.sigma_log,
+        "n": fit.n,
+        "starts": fit.starts,
+        "starts_at_optimum": fit.starts_at_optimum,
+        "bootstrap": None if fit.bootstrap is None else fit.bootstrap.tolist(),
+        "data": fit.summary,
+        "provenance": provenance or {},
+    }
+
+
+def fit_from_json(d: dict, source: str = "<law>") -> FitResult:
+    try:
+        law = d["law"]
+        LAWS[law]
+        theta = np.asarray(d["theta"], dtype=np.float64)
+        boot = None if d.get("bootstrap") is None else np.asarray(d["bootstrap"], np.float64)
+        return FitResult(
+            law=law,
+            theta=theta,
+            params=dict(d["params"]),
+            loss=d["loss"],
+            starts=d["starts"],
+            starts_at_optimum=d["starts_at_optimum"],
+            screened=0,
+            n=d["n"],
+            rmse_log=d["rmse_log"],
+            sigma_log=d["sigma_log"],
+            success=True,
+            message="loaded",
+            seconds=0.0,
+            bootstrap=boot,
+            summary=d.get("data", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(
+            f"{source}: not a derisk law file ({exc}); refit with `derisk fit`"
+        ) from None
+
+
+def load_law(name_or_path: str) -> FitResult:
+    """A saved law by path, or by name from `laws_dir()`."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = laws_dir() / f"{name_or_path}.json"
+    if not p.exists():
+        known = sorted(x.stem for x in laws_dir().glob("*.json")) if laws_dir().exists() else []
+        raise DataError(
+            f"no fitted law `{name_or_path}` ({p}); fit one with `derisk fit FILE "
+            f"--save NAME`" + (f"; known: {', '.join(known)}" if known else "")
+        )
+    try:
+        return fit_from_json(json.loads(p.read_text()), str(p))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{p}: corrupt law file ({exc.msg}); refit it") from None
