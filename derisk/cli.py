@@ -102,8 +102,15 @@ def command(fn):
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            "--store", envvar="DERISK_STORE", help="Run store (SQLite) for train, sweep and runs."
+        ),
+    ] = None,
 ):
     _state["debug"] = debug
+    _state["store"] = store
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -781,6 +788,7 @@ def fit(
             progress=lambda k: bar.advance(task, k),
         )
     intervals = result.intervals()
+    extra = _fit_extras(result, data)
     saved = None
     if save:
         dest = Path(save) if save.endswith(".json") else laws_dir() / f"{save}.json"
@@ -821,6 +829,7 @@ def fit(
                 "success": result.success,
                 "seconds": result.seconds,
                 "saved": saved,
+                **extra,
             }
         )
         return
@@ -836,11 +845,46 @@ def fit(
         iv = intervals.get(k)
         t.add_row(k, f"{v:.4g}", f"{iv[0]:.4g} - {iv[1]:.4g}" if iv else "-")
     out.print(t)
+    if "isoflop" in extra:
+        iso = extra["isoflop"]
+        out.print(
+            f"IsoFLOP slices (approach 2, {len(iso['budgets'])} budgets): N_opt ~ "
+            f"C^{iso['a']:.3f}, D_opt ~ C^{iso['b']:.3f}"
+        )
+    if "effective_params" in extra:
+        e = extra["effective_params"]
+        out.print(
+            f"An MoE with {e['experts']:g} experts / granularity {e['granularity']:g} is "
+            f"worth a dense model {e['multiplier']:.2f}x larger"
+        )
     out.print(
         f"log-loss residuals: RMS {result.rmse_log:.4f}, robust noise sigma "
         f"{result.sigma_log:.4f}" + (f"; saved to {saved}" if saved else "")
     )
     _fit_chart(result, data)
+
+
+def _fit_extras(result, data) -> dict:
+    """Approach-2 exponents when the runs form IsoFLOP slices; the MoE dense equivalent."""
+    from derisk.errors import DataError
+    from derisk.scaling import effective_params, isoflop_fit
+
+    extra = {}
+    try:
+        iso = isoflop_fit(data)
+        extra["isoflop"] = {"budgets": iso.budgets, "n_opt": iso.n_opt, "a": iso.a, "b": iso.b}
+    except DataError:
+        pass
+    if result.law in ("moe", "moe_experts"):
+        x, g = float(data.experts.max()), float(data.granularity.max())
+        n = float(np.median(data.params))
+        extra["effective_params"] = {
+            "experts": x,
+            "granularity": g,
+            "params": n,
+            "multiplier": effective_params(result, n, experts=x, granularity=g) / n,
+        }
+    return extra
 
 
 def _frontier(result, data, upto: float = 10.0):
@@ -970,6 +1014,208 @@ def optimal(
     out.print(f"  predicted loss {a.loss:.4f}{iv}")
 
 
+# ---------------------------------------------------------------- small real trainings
+
+
+def _store():
+    from derisk.estimators import RunStore, default_store
+
+    return RunStore(_state.get("store") or default_store())
+
+
+def _run_one(store, model, tc, corpus, *, label: str = ""):
+    """Train one point with a live progress bar and record it; returns the result."""
+    from derisk.estimators import run_key, train
+
+    key = run_key(model, tc, corpus.digest)
+    store.start(key, model, tc, corpus)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} tok/s"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(label or f"{model.arch} d{model.d_model}", total=1, loss=0.0, rate=0.0)
+
+        def progress(i, n, loss, rate):
+            bar.update(task, completed=i, total=n, loss=loss, rate=rate)
+
+        result = train(model, tc, corpus, progress=progress)
+    store.finish(key, result)
+    return key, result
+
+
+def _corpus(path: Path | None, max_bytes: int | None):
+    from derisk.estimators import load_corpus
+
+    return load_corpus(path, max_bytes=max_bytes)
+
+
+@app.command(name="train")
+@command
+def train_cmd(
+    arch: Annotated[str, typer.Option("--arch", help="dense | moe")] = "dense",
+    d_model: Annotated[int, typer.Option("--d-model")] = 64,
+    n_layer: Annotated[int, typer.Option("--n-layer")] = 2,
+    n_head: Annotated[int, typer.Option("--n-head")] = 4,
+    seq_len: Annotated[int, typer.Option("--seq-len")] = 128,
+    experts: Annotated[int, typer.Option("--experts")] = 8,
+    top_k: Annotated[int, typer.Option("--top-k")] = 2,
+    granularity: Annotated[int, typer.Option("--granularity")] = 1,
+    tokens: Annotated[float, typer.Option("--tokens", help="Training tokens (bytes).")] = 1e6,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+    lr: Annotated[float, typer.Option("--lr")] = 3e-3,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    corpus: Annotated[
+        Path | None,
+        typer.Option("--corpus", help="Text file or folder (default: the Python stdlib sources)."),
+    ] = None,
+    max_bytes: Annotated[
+        int | None, typer.Option("--max-bytes", help="Cap the corpus.")
+    ] = 20_000_000,
+    as_json: JsonOpt = False,
+):
+    """Train one small dense or MoE language model and record it in the run store."""
+    from derisk.estimators import ModelConfig, TrainConfig
+
+    try:
+        model = ModelConfig(
+            arch=arch,
+            d_model=d_model,
+            n_layer=n_layer,
+            n_head=n_head,
+            seq_len=seq_len,
+            experts=experts,
+            top_k=top_k,
+            granularity=granularity,
+        )
+        tc = TrainConfig(tokens=int(tokens), batch_size=batch_size, lr=lr, seed=seed)
+    except ValueError as exc:
+        raise DeriskError(f"bad training config: {exc}") from None
+    data = _corpus(corpus, max_bytes)
+    store = _store()
+    key, r = _run_one(store, model, tc, data)
+    if as_json:
+        emit({"key": key, "store": str(store.path), **r.as_dict()})
+        return
+    out.print(
+        f"{r.status}: {model.arch} with {r.params['non_embedding']:,} non-embedding "
+        f"params ({r.params['non_embedding_active']:,} active), {r.tokens:,} tokens, "
+        f"validation loss {r.final_val_loss:.4f} nats/byte, {r.tokens_per_s:,.0f} "
+        f"tokens/s on {r.device}; saved to {store.path}"
+    )
+
+
+@app.command()
+@command
+def sweep(
+    spec: Annotated[Path, typer.Argument(help="Sweep spec YAML: lists are grid axes.")],
+    as_json: JsonOpt = False,
+):
+    """Run a grid of trainings; resumable (finished points are skipped)."""
+    from derisk.estimators import load_sweep, run_key, sweep_points
+
+    raw = load_sweep(spec)
+    points, capped = sweep_points(raw, str(spec))
+    data = _corpus(raw.get("corpus"), raw.get("max_bytes", 20_000_000))
+    store = _store()
+    done = ran = 0
+    results = []
+    for i, (model, tc) in enumerate(points):
+        key = run_key(model, tc, data.digest)
+        if store.status(key) == "finished":
+            done += 1
+            continue
+        label = f"[{i + 1}/{len(points)}] {model.arch} d{model.d_model} {tc.tokens:,} tok"
+        _, r = _run_one(store, model, tc, data, label=label)
+        ran += 1
+        results.append({"key": key, "status": r.status, "val_loss": r.final_val_loss})
+        if not as_json:
+            err.print(f"{label}: {r.status}, val loss {r.final_val_loss:.4f}")
+    summary = {
+        "points": len(points),
+        "skipped_finished": done,
+        "ran": ran,
+        "over_compute_cap": capped,
+        "store": str(store.path),
+        "results": results,
+    }
+    if as_json:
+        emit(summary)
+    else:
+        out.print(
+            f"{len(points)} points: {done} already finished, {ran} run"
+            + (f", {capped} beyond max_flops" if capped else "")
+            + f"; store {store.path}"
+        )
+
+
+@app.command()
+@command
+def runs(
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Export finished runs as the CSV `derisk fit` reads."),
+    ] = None,
+    arch: Annotated[str | None, typer.Option("--arch", help="Only dense or moe runs.")] = None,
+    as_json: JsonOpt = False,
+):
+    """List the runs in the store (or export them for fitting)."""
+    from derisk.graphs import write_atomic
+
+    store = _store()
+    rows = [r for r in store.runs() if not arch or r["arch"] == arch]
+    if csv_out is not None:
+        write_atomic(csv_out, store.export_csv(arch=arch))
+    if as_json:
+        emit(
+            {
+                "store": str(store.path),
+                "runs": [
+                    {
+                        "id": r["id"],
+                        "arch": r["arch"],
+                        "params": r["non_embedding"],
+                        "total_params": r["params"],
+                        "active_params": r["active_params"],
+                        "experts": r["experts"],
+                        "tokens": r["tokens"],
+                        "val_loss": r["val_loss"],
+                        "best_val_loss": r["best_val_loss"],
+                        "flops": r["flops"],
+                        "wall_s": r["wall_s"],
+                        "tokens_per_s": r["tokens_per_s"],
+                        "mfu": r["mfu"],
+                        "device": r["device"],
+                        "corpus_hash": r["corpus_hash"],
+                        "status": r["status"],
+                    }
+                    for r in rows
+                ],
+            }
+        )
+        return
+    t = Table(title=str(store.path), title_justify="left")
+    for col in ("id", "arch", "params", "tokens", "val loss", "tok/s", "status"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(
+            str(r["id"]),
+            r["arch"],
+            f"{r['non_embedding']:,}",
+            f"{r['tokens']:,}",
+            _fmt(r["val_loss"]) if r["val_loss"] is not None else "-",
+            _fmt(r["tokens_per_s"]) if r["tokens_per_s"] else "-",
+            r["status"],
+        )
+    out.print(t)
+    if csv_out is not None:
+        out.print(f"exported finished runs to {csv_out}")
+
+
 def main() -> None:
     try:
         app()
@@ -980,3 +1226,7 @@ def main() -> None:
 
 
 __all__ = ["app", "emit", "main", "Problem"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Training one small language model: optax AdamW, warmup + cosine, held-out evaluation."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from derisk.estimators._data import Corpus, batch
+from derisk.estimators._model import (
+    ModelConfig,
+    flops_per_token,
+    init_params,
+    loss_fn,
+    param_counts,
+)
+
+# Dense bf16 peak FLOP/s by device kind, for model FLOPs utilisation (None: unknown).
+PEAK_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """How to train. CLI flags map one to one onto these fields."""
+
+    tokens: int = 2_000_000  # training tokens (bytes)
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: float = 0.05  # fraction of steps
+    weight_decay: float = 0.1
+    seed: int = 0
+    eval_every: int = 0  # steps between evaluations (0: 10 evaluations per run)
+    eval_batches: int = 8
+    divergence: float = 3.0  # stop if the train loss exceeds this multiple of its start
+
+    def __post_init__(self):
+        if self.tokens < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("tokens, batch_size and lr must be positive")
+
+
+@dataclass
+class RunResult:
+    status: str  # "finished" or "diverged: ..." (never raised: a failed run is data)
+    final_val_loss: float
+    best_val_loss: float
+    curve: list = field(default_factory=list)  # (tokens, train_loss, val_loss)
+    tokens: int = 0
+    flops: float = 0.0
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    mfu: float | None = None
+    device: str = ""
+    params: dict = field(default_factory=dict)
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _step_fn(cfg: ModelConfig, opt):
+    def step(params, opt_state, tokens):
+        (loss, ce), grads = jax.value_and_grad(lambda p: loss_fn(cfg, p, tokens), has_aux=True)(
+            params
+        )
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, ce
+
+    return jax.jit(step)
+
+
+def train(model: ModelConfig, tc: TrainConfig, corpus: Corpus, *, progress=None) -> RunResult:
+    """Train to `tc.tokens` and return the result; divergence ends the run as data."""
+    steps = max(1, tc.tokens // (tc.batch_size * model.seq_len))
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0,
+        tc.lr,
+        warmup_steps=max(1, int(tc.warmup * steps)),
+        decay_steps=steps,
+        end_value=tc.lr * 0.1,
+    )
+    opt = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(sched, b1=0.9, b2=0.95, weight_decay=tc.weight_decay),
+    )
+    params = init_params(model, jax.random.PRNGKey(tc.seed))
+    opt_state = opt.init(params)
+    step = _step_fn(model, opt)
+    eval_loss = jax.jit(lambda p, t: loss_fn(model, p, t)[1])
+    every = tc.eval_every or max(1, steps // 10)
+
+    def evaluate(p):
+        losses = [
+            float(
+                eval_loss(
+                    p,
+                    jnp.asarray(
+                        batch(
+                            corpus.valid,
+                            batch_size=tc.batch_size,
+                            seq_len=model.seq_len,
+                            step=i,
+                            seed=10_000 + tc.seed,
+                        )
+                    ),
+                )
+            )
+            for i in range(tc.eval_batches)
+        ]
+        return float(np.mean(losses))
+
+    fpt = flops_per_token(model)
+    device = jax.devices()[0].device_kind
+    curve, best, status, first = [], math.inf, "finished", None
+    t0 = time.perf_counter()
+    train_time = 0.0
+    seen = 0
+    val = math.nan
+    for i in range(steps):
+        x = jnp.asarray(
+            batch(
+                corpus.train, batch_size=tc.batch_size, seq_len=model.seq_len, step=i, seed=tc.seed
+            )
+        )
+        ts = time.perf_counter()
+        params, opt_state, ce = step(params, opt_state, x)
+        ce = float(ce)  # sync point: also what the progress bar shows
+        if i > 0:  # step 0 includes compilation
+            train_time += time.perf_counter() - ts
+        seen += tc.batch_size * model.seq_len
+        first = ce if first is None else first
+        if not math.isfinite(ce) or ce > tc.divergence * first:
+            status = f"diverged: train loss {ce:.3g} at step {i} (started at {first:.3g})"
+            break
+        if (i + 1) % every == 0 or i == steps - 1:
+            val = evaluate(params)
+            best = min(best, val)
+            curve.append((seen, ce, val))
+        if progress is not None:
+            rate = (seen - tc.batch_size * model.seq_len) / train_time if train_time else 0.0
+            progress(i + 1, steps, ce, rate)
+    wall = time.perf_counter() - t0
+    rate = (seen - tc.batch_size * model.seq_len) / train_time if train_time > 0 else 0.0
+    peak = PEAK_FLOPS.get(device)
+    return RunResult(
+        status=status,
+        final_val_loss=val if status == "finished" else math.nan,
+        best_val_loss=best,
+        curve=curve,
+        tokens=seen,
+        flops=fpt * seen,
+        wall_s=wall,
+        tokens_per_s=rate,
+        mfu=(rate * fpt / peak) if peak and rate else None,
+        device=device,
+        params=param_counts(model),
+    )

@@ -1,0 +1,160 @@
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from derisk.cli import app
+from derisk.errors import DataError
+from derisk.estimators import (
+    ModelConfig,
+    TrainConfig,
+    batch,
+    flops_per_token,
+    init_params,
+    load_corpus,
+    loss_fn,
+    param_counts,
+    sweep_points,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(max_bytes=400_000)
+
+
+def test_corpus_is_split_by_file_and_hashed(corpus):
+    again = load_corpus(max_bytes=400_000)
+    assert again.digest == corpus.digest and corpus.files > 10
+    assert len(corpus.valid) > 0.03 * len(corpus.train)
+    b1 = batch(corpus.train, batch_size=4, seq_len=16, step=3, seed=1)
+    b2 = batch(corpus.train, batch_size=4, seq_len=16, step=3, seed=1)
+    assert b1.shape == (4, 17) and np.array_equal(b1, b2)
+    assert not np.array_equal(b1, batch(corpus.train, batch_size=4, seq_len=16, step=4, seed=1))
+    with pytest.raises(DataError, match="no such"):
+        load_corpus("/nonexistent/corpus")
+
+
+def test_tiny_model_loss_falls(corpus):
+    cfg = ModelConfig(d_model=32, n_layer=1, n_head=2, seq_len=32)
+    r = train(cfg, TrainConfig(tokens=60_000, batch_size=8, lr=3e-3), corpus)
+    assert r.status == "finished"
+    first_val, last_val = r.curve[0][2], r.curve[-1][2]
+    assert last_val < first_val - 0.5 and last_val < math.log(256) - 1.5
+    assert r.flops == pytest.approx(flops_per_token(cfg) * r.tokens)
+
+
+def test_flops_match_a_hand_count():
+    cfg = ModelConfig(d_model=64, n_layer=2, n_head=4, seq_len=128)  # d_ff = 176
+    d, f, L, T = 64, 176, 2, 128
+    assert cfg.d_ff == f
+    per_layer = 2 * (4 * d * d) + 2 * (3 * d * f) + 2 * 2 * d * (T + 1) / 2
+    forward = L * per_layer + 2 * d * 256
+    assert flops_per_token(cfg) == pytest.approx(3 * forward)
+    moe = ModelConfig(arch="moe", d_model=64, n_layer=2, n_head=4, seq_len=128, experts=8, top_k=2)
+    per_layer = 2 * (4 * d * d) + 2 * (2 * 3 * d * f + d * 8) + 2 * 2 * d * (T + 1) / 2
+    assert flops_per_token(moe) == pytest.approx(3 * (L * per_layer + 2 * d * 256))
+    c = param_counts(moe)
+    assert c["non_embedding"] - c["non_embedding_active"] == L * 6 * 3 * d * f
+    real = sum(x.size for x in jax.tree_util.tree_leaves(init_params(moe, jax.random.PRNGKey(0))))
+    assert real == c["total"]
+
+
+def test_moe_gradients_match_kernel_and_reference():
+    base = dict(arch="moe", d_model=16, n_layer=1, n_head=2, seq_len=16, experts=4, top_k=2)
+    cfg_k = ModelConfig(**base, impl="pallas")  # interpret mode on the CPU
+    cfg_r = ModelConfig(**base, impl="reference")
+    params = init_params(cfg_r, jax.random.PRNGKey(1))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 17)), jnp.int32)
+    (lk, _), gk = jax.value_and_grad(lambda p: loss_fn(cfg_k, p, tokens), has_aux=True)(params)
+    (lr, _), gr = jax.value_and_grad(lambda p: loss_fn(cfg_r, p, tokens), has_aux=True)(params)
+    assert float(lk) == pytest.approx(float(lr), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(gk), jax.tree_util.tree_leaves(gr), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
+
+
+def test_bad_configs_are_clear_errors():
+    runner = CliRunner()
+    cases = [
+        (["train", "--d-model", "30", "--n-head", "4"], "divisible"),
+        (["train", "--arch", "moe", "--experts", "4", "--top-k", "5"], "top_k"),
+        (["train", "--corpus", "/nonexistent/x"], "no such"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and msg in r.stderr and "Traceback" not in r.output, args
+    with pytest.raises(Exception, match="did you mean `d_model`"):
+        sweep_points({"d_modle": [16]})
+
+
+SPEC = """
+arch: [dense, moe]
+d_model: 16
+n_layer: 1
+n_head: 2
+seq_len: 32
+experts: 4
+top_k: 2
+tokens: [15000, 30000, 60000]
+batch_size: 8
+max_bytes: 300000
+"""
+
+
+def _finished(db):
+    if not os.path.exists(db):
+        return {}
+    try:
+        con = sqlite3.connect(db, timeout=5)
+        rows = con.execute(
+            "SELECT key, val_loss, id FROM runs WHERE status = 'finished'"
+        ).fetchall()
+        con.close()
+    except sqlite3.OperationalError:
+        return {}
+    return {k: (v, i) for k, v, i in rows}
+
+
+def test_killed_sweep_loses_nothing_and_resumes(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    db = str(tmp_path / "runs.sqlite")
+    cmd = [sys.executable, "-m", "derisk.cli", "--store", db, "sweep", str(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(_finished(db)) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _finished(db)
+    assert len(before) >= 2, "the sweep should have finished some runs before the kill"
+    res = CliRunner().invoke(app, ["--store", db, "sweep", str(spec), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["points"] == 6
+    assert out["skipped_finished"] >= len(before)
+    assert out["skipped_finished"] + out["ran"] == 6
+    after = _finished(db)
+    assert len(after) == 6
+    for k, v in before.items():
+        assert after[k] == v, "a finished run was rewritten"
+    runs = CliRunner().invoke(
+        app, ["--store", db, "runs", "--json", "--csv", str(tmp_path / "r.csv")]
+    )
+    listed = json.loads(runs.stdout)["runs"]
+    assert {r["status"] for r in listed} == {"finished"}
+    for key in ("id", "arch", "params", "tokens", "val_loss", "status"):
+        assert key in listed[0]
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0].startswith("params,tokens,loss") and len(lines) == 7
