@@ -34,9 +34,12 @@ class ModelConfig:
     granularity: int = 1  # G: experts are G times narrower (and G times more, top_k x G)
     aux_loss: float = 0.01  # load-balancing loss weight
     impl: str = "auto"  # kernel dispatch for the MoE layer
+    compute_dtype: str = "float32"  # "bfloat16": bf16 matmuls, fp32 weights/norms/loss
 
     def __post_init__(self):
         errs = []
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            errs.append(f"compute_dtype must be float32 or bfloat16, got {self.compute_dtype!r}")
         if self.arch not in ("dense", "moe"):
             errs.append(f"arch must be dense or moe, got {self.arch!r}")
         if self.d_model < 8 or self.n_layer < 1 or self.n_head < 1 or self.seq_len < 2:
@@ -153,7 +156,9 @@ def init_params(cfg: ModelConfig, key) -> dict:
 
 
 def _rms_norm(x, w, eps=1e-6):
-    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    x32 = x.astype(jnp.float32)  # normalise in fp32 whatever the compute dtype
+    out = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps) * w
+    return out.astype(x.dtype)
 
 
 def _rotary(x):
@@ -172,9 +177,10 @@ def _attention(cfg, b, x):
     qkv = x @ b["wqkv"]  # (B, T, 3d)
     q, k, v = (t.reshape(B, T, H, d // H) for t in jnp.split(qkv, 3, axis=-1))
     q, k = _rotary(q), _rotary(k)
-    att = jnp.einsum("bthd,bshd->bhts", q, k) / math.sqrt(d // H)  # (B, H, T, T)
+    att = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    att = att / math.sqrt(d // H)  # (B, H, T, T), fp32
     mask = jnp.tril(jnp.ones((T, T), bool))
-    att = jax.nn.softmax(jnp.where(mask, att, -1e30), axis=-1)
+    att = jax.nn.softmax(jnp.where(mask, att, -1e30), axis=-1).astype(v.dtype)
     y = jnp.einsum("bhts,bshd->bthd", att, v).reshape(B, T, d)
     return y @ b["wo"]
 
@@ -183,7 +189,7 @@ def _moe(cfg, b, x):
     """Top-k routed experts; returns (output, load-balancing loss)."""
     B, T, d = x.shape
     flat = x.reshape(B * T, d)
-    logits = flat @ b["router"]  # (N, E)
+    logits = jnp.dot(flat, b["router"], preferred_element_type=jnp.float32)  # (N, E)
     weights, index = route_top_k(logits, cfg.k_active)
     order, token, sizes = sort_by_expert(index, cfg.n_experts)
     y_sorted = moe_ffn(flat[token], b["w_gate"], b["w_up"], b["w_down"], sizes, impl=cfg.impl)
@@ -197,6 +203,9 @@ def _moe(cfg, b, x):
 
 def forward(cfg: ModelConfig, params, tokens):
     """tokens (B, T) int -> logits (B, T, VOCAB) float32, auxiliary loss (scalar)."""
+    dt = jnp.dtype(cfg.compute_dtype)
+    # Mixed precision: fp32 master weights, cast for the matmuls; norms stay fp32.
+    params = jax.tree_util.tree_map(lambda w: w if w.ndim == 1 else w.astype(dt), params)
     x = params["embed"][tokens]  # (B, T, d)
     aux = jnp.zeros(())
     for b in params["blocks"]:
@@ -208,7 +217,9 @@ def forward(cfg: ModelConfig, params, tokens):
         else:
             y = (jax.nn.silu(h @ b["w_gate"]) * (h @ b["w_up"])) @ b["w_down"]
         x = x + y
-    logits = _rms_norm(x, params["ln_f"]) @ params["head"]
+    logits = jnp.dot(
+        _rms_norm(x, params["ln_f"]), params["head"], preferred_element_type=jnp.float32
+    )
     return logits, aux / cfg.n_layer
 
 
