@@ -742,6 +742,14 @@ def fit(
     loss_col: Annotated[str, typer.Option("--loss-col")] = "loss",
     experts_col: Annotated[str, typer.Option("--experts-col")] = "experts",
     granularity_col: Annotated[str, typer.Option("--granularity-col")] = "granularity",
+    min_tokens: Annotated[
+        float,
+        typer.Option(
+            "--min-tokens",
+            help="Leave out runs with fewer training tokens "
+            "(very short runs measure warm-up, not scaling).",
+        ),
+    ] = 0,
     save: Annotated[
         str | None,
         typer.Option("--save", help="Save the law under this name (or to this .json path)."),
@@ -769,6 +777,8 @@ def fit(
             "granularity": granularity_col,
         },
     )
+    if min_tokens > 0:
+        data = data.subset(data.tokens >= min_tokens)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

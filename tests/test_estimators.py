@@ -84,6 +84,17 @@ def test_moe_gradients_match_kernel_and_reference():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-6)
 
 
+def test_run_key_ignores_kernel_choice_and_defaults():
+    from derisk.estimators import run_key
+
+    a = ModelConfig(arch="moe", d_model=16, n_head=2)
+    b = ModelConfig(arch="moe", d_model=16, n_head=2, impl="reference", compute_dtype="float32")
+    tc = TrainConfig(tokens=1000)
+    assert run_key(a, tc, "h") == run_key(b, tc, "h")
+    assert run_key(a, tc, "h") != run_key(a, TrainConfig(tokens=2000), "h")
+    assert run_key(a, tc, "h") != run_key(a, tc, "other corpus")
+
+
 def test_bad_configs_are_clear_errors():
     runner = CliRunner()
     cases = [

@@ -205,6 +205,8 @@ def test_cli_fit_json_and_errors(tmp_path, monkeypatch):
     for path, msg in cases:
         r = runner.invoke(app, ["fit", str(path)])
         assert r.exit_code == 2 and msg in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["fit", str(p), "--min-tokens", "1e13"])
+    assert r.exit_code == 2 and "0 runs cannot fit" in r.stderr
     r = runner.invoke(app, ["fit", str(p), "--law", "kaplan"])
     assert r.exit_code == 2
     r = runner.invoke(app, ["optimal", "--flops", "1e22", "--law", "nope"])

@@ -55,13 +55,20 @@ def default_store() -> Path:
     return Path(base) / "derisk" / "runs.sqlite"
 
 
+def _non_default(obj) -> dict:
+    """Fields that differ from their defaults: adding a new defaulted field to a config
+    must not change the key of any run already in a store."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is dataclasses.MISSING or value != f.default:
+            out[f.name] = value
+    return out
+
+
 def run_key(model: ModelConfig, tc: TrainConfig, corpus_hash: str) -> str:
-    spec = {
-        "model": dataclasses.asdict(model),
-        "train": dataclasses.asdict(tc),
-        "corpus": corpus_hash,
-    }
-    spec["model"].pop("impl")  # the same run whichever kernel computes it
+    spec = {"model": _non_default(model), "train": _non_default(tc), "corpus": corpus_hash}
+    spec["model"].pop("impl", None)  # the same run whichever kernel computes it
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -238,11 +238,18 @@ def fit_from_json(d: dict, source: str = "<law>") -> FitResult:
         ) from None
 
 
+def packaged_laws_dir() -> Path:
+    """Laws fitted from the runs shipped with derisk (derisk/estimators/data/laws)."""
+    return Path(__file__).resolve().parent.parent / "estimators" / "data" / "laws"
+
+
 def load_law(name_or_path: str) -> FitResult:
-    """A saved law by path, or by name from `laws_dir()`."""
+    """A saved law by path, or by name from `laws_dir()`, then from the shipped laws."""
     p = Path(name_or_path)
     if not p.suffix:
         p = laws_dir() / f"{name_or_path}.json"
+        if not p.exists() and (packaged_laws_dir() / f"{name_or_path}.json").exists():
+            p = packaged_laws_dir() / f"{name_or_path}.json"
     if not p.exists():
         known = sorted(x.stem for x in laws_dir().glob("*.json")) if laws_dir().exists() else []
         raise DataError(
