@@ -154,7 +154,7 @@ experiments:
     )
     msgs = [x.message for x in problems(p)]
     assert any("exceeds `experts`" in m for m in msgs)
-    assert any("no law is fitted" in m for m in msgs)
+    assert any("give `p:` directly" in m for m in msgs)
     assert any("give `cost:` directly" in m for m in msgs)
 
 

@@ -384,9 +384,9 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
             law = success.get("law", "chinchilla") if isinstance(success, dict) else "?"
             ck.err(
                 ivm.get("success"),
-                f"{what} takes its p from the fitted law `{law}`, but no law is fitted in "
-                "this version (scaling fits come with `derisk fit`); give `p:` directly "
-                "for now",
+                f"{what} takes its p from the fitted law `{law}`, but the planner cannot "
+                "yet turn a `success:` block into a probability (laws are fitted with "
+                "`derisk fit`; wiring them into roadmaps is not done); give `p:` directly",
             )
         else:
             ck.err(m, f"{what} has no `p` (its probability of success, e.g. `p: 0.7`)")
@@ -397,8 +397,9 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         elif train is not None:
             ck.err(
                 ivm.get("train"),
-                f"{what} takes its cost from `train:`, which needs the FLOP and hardware "
-                "cost models (not in this version); give `cost:` directly for now",
+                f"{what} takes its cost from `train:`, but the planner cannot yet turn a "
+                "training spec into compute (the hardware cost model is not done); give "
+                "`cost:` directly",
             )
         else:
             ck.err(m, f"{what} has no `cost` (e.g. `cost: 40 gpu_hours`)")
