@@ -742,6 +742,14 @@ def fit(
     loss_col: Annotated[str, typer.Option("--loss-col")] = "loss",
     experts_col: Annotated[str, typer.Option("--experts-col")] = "experts",
     granularity_col: Annotated[str, typer.Option("--granularity-col")] = "granularity",
+    fix_e: Annotated[
+        float | None,
+        typer.Option(
+            "--fix-E",
+            help="Hold the irreducible loss E at this value (e.g. the "
+            "dense fit's, when fitting MoE runs on the same data).",
+        ),
+    ] = None,
     min_tokens: Annotated[
         float,
         typer.Option(
@@ -767,6 +775,8 @@ def fit(
         raise DeriskError(f"--law must be one of {', '.join(LAWS)}, got {law!r}")
     if bootstrap < 0 or starts < 1:
         raise DeriskError("--bootstrap must be >= 0 and --starts >= 1")
+    if fix_e is not None and not fix_e > 0:
+        raise DeriskError(f"--fix-E must be a positive loss, got {fix_e}")
     data = load_runs_csv(
         file,
         columns={
@@ -792,6 +802,7 @@ def fit(
         result = fit_law(
             data,
             law,
+            fix_E=fix_e,
             starts=starts,
             bootstrap=bootstrap,
             seed=seed,

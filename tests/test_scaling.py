@@ -94,6 +94,16 @@ def test_extrapolates_from_small_runs_to_large():
     assert np.all((p >= 0) & (p <= 1))
 
 
+def test_fixed_irreducible_loss():
+    data = synthetic(150, 0.005, 11)
+    fit = fit_law(data, fix_E=1.5, starts=16)
+    assert fit.params["E"] == pytest.approx(1.5)
+    free = fit_law(data, starts=16)
+    assert free.loss <= fit.loss  # fixing a parameter cannot fit better
+    with pytest.raises(ValueError, match="fix_E"):
+        fit_law(data, fix_E=-1.0)
+
+
 def test_compute_optimal_closed_form_and_numeric():
     fit = fit_law(synthetic(200, 0.0, 5))
     a = optimal_allocation(fit, 1e23)
@@ -235,3 +245,21 @@ def test_cli_fit_json_and_errors(tmp_path, monkeypatch):
         ],
     )
     assert r.exit_code == 0 and json.loads(r.stdout)["E"] == pytest.approx(out["E"], rel=0.05)
+
+
+def test_shipped_law_loads_by_name(tmp_path, monkeypatch):
+    from derisk.scaling import load_law
+
+    monkeypatch.setenv("DERISK_LAWS", str(tmp_path))  # no user laws: the packaged one
+    fit = load_law("cpu-dense")
+    assert fit.law == "chinchilla" and fit.bootstrap is not None
+    # it was fitted to the shipped runs: it must describe them to within a few percent
+    from pathlib import Path
+
+    import derisk.estimators
+
+    csv = Path(derisk.estimators.__file__).parent / "data" / "runs_cpu_dense.csv"
+    data = load_runs_csv(csv)
+    data = data.subset(data.tokens >= 9e4)
+    X = np.stack([np.log(data.params), np.log(data.tokens), np.zeros(data.n)], 1)
+    assert np.max(np.abs(fit.predict(X) / data.loss - 1)) < 0.1

@@ -111,13 +111,17 @@ def _inputs(law: LawForm, data: RunData) -> tuple[np.ndarray, np.ndarray]:
     return X, np.log(data.loss)
 
 
-def _minimize(law, start, X, y, delta, weights):
+E_INDEX = 2  # every law keeps its irreducible loss as log E at theta[2]
+
+
+def _minimize(law, start, X, y, delta, weights, bounds=None):
     res = optimize.minimize(
         objective_scalar,
         start,
         args=(law, X, y, delta, weights),
         jac=True,
         method="L-BFGS-B",
+        bounds=bounds,
         options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12},
     )
     return res
@@ -136,6 +140,7 @@ def fit_law(
     delta: float = HUBER_DELTA,
     bootstrap: int = 0,
     seed: int = 0,
+    fix_E: float | None = None,
     progress=None,
 ) -> FitResult:
     """Fit a law by Huber-loss L-BFGS from the best points of a grid of initialisations.
@@ -144,12 +149,22 @@ def fit_law(
     vectorised evaluation; L-BFGS-B then runs from the `starts` best, and the best optimum
     is kept. With `bootstrap > 0`, runs are resampled with replacement and refitted
     (from the optimum and the 8 best grid points) to give parameter uncertainty.
+    `fix_E` holds the irreducible loss at a given value (e.g. the dense fit's, for an
+    MoE law on the same data: E belongs to the text, not to the architecture), which
+    small sweeps often cannot identify on their own.
     """
     t0 = time.perf_counter()
     form = LAWS[law]
     data.require(form)
     X, y = _inputs(form, data)
     grid = form.starts()
+    bounds = None
+    if fix_E is not None:
+        if not fix_E > 0:
+            raise ValueError(f"fix_E must be positive, got {fix_E!r}")
+        grid = np.unique(np.where(np.arange(grid.shape[1]) == E_INDEX, np.log(fix_E), grid), axis=0)
+        bounds = [(None, None)] * grid.shape[1]
+        bounds[E_INDEX] = (np.log(fix_E), np.log(fix_E))
     scores = np.concatenate(
         [
             objective(form, chunk, X, y, delta)[0]
@@ -158,7 +173,7 @@ def fit_law(
     )
     order = np.argsort(scores)
     best_starts = grid[order[: max(1, starts)]]
-    results = [_minimize(form, s, X, y, delta, None) for s in best_starts]
+    results = [_minimize(form, s, X, y, delta, None, bounds) for s in best_starts]
     losses = np.array([r.fun for r in results])
     k = int(np.argmin(losses))
     best = results[k]
@@ -174,7 +189,7 @@ def fit_law(
         for b in range(bootstrap):
             idx = rng.integers(0, data.n, size=data.n)
             w = np.bincount(idx, minlength=data.n).astype(float)  # resampling as weights
-            fits = [_minimize(form, s, X, y, delta, w) for s in inputs_for(inits, b)]
+            fits = [_minimize(form, s, X, y, delta, w, bounds) for s in inputs_for(inits, b)]
             boot[b] = min(fits, key=lambda r: r.fun).x
             if progress is not None:
                 progress(1)
