@@ -107,6 +107,12 @@ def test_bad_configs_are_clear_errors():
         assert r.exit_code == 2 and msg in r.stderr and "Traceback" not in r.output, args
     with pytest.raises(Exception, match="did you mean `d_model`"):
         sweep_points({"d_modle": [16]})
+    pts, _ = sweep_points(
+        {"d_model": [16, 32], "n_head": 2, "lr_by_d_model": {16: 0.006, 32: 0.003}}
+    )
+    assert {(m.d_model, t.lr) for m, t in pts} == {(16, 0.006), (32, 0.003)}
+    with pytest.raises(Exception, match="no entry for d_model 64"):
+        sweep_points({"d_model": [64], "lr_by_d_model": {16: 0.006}})
 
 
 SPEC = """

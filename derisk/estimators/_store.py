@@ -188,7 +188,7 @@ class RunStore:
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "impl"]
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
-SWEEP_KEYS = MODEL_KEYS + TRAIN_KEYS + ["max_flops", "corpus", "max_bytes"]
+SWEEP_KEYS = MODEL_KEYS + TRAIN_KEYS + ["max_flops", "corpus", "max_bytes", "lr_by_d_model"]
 
 
 def sweep_points(spec: dict, source: str = "<sweep>"):
@@ -219,6 +219,12 @@ def sweep_points(spec: dict, source: str = "<sweep>"):
         tk = {k: v for k, v in kw.items() if k in TRAIN_KEYS}
         if "tokens" in tk:
             tk["tokens"] = int(float(tk["tokens"]))
+        if "lr_by_d_model" in spec:  # the best learning rate falls with width
+            table = {int(k): float(v) for k, v in spec["lr_by_d_model"].items()}
+            width = int(mk.get("d_model", ModelConfig().d_model))
+            if width not in table:
+                raise DeriskError(f"{source}: lr_by_d_model has no entry for d_model {width}")
+            tk["lr"] = table[width]
         if mk.get("arch", "dense") == "dense":  # MoE-only axes mean nothing for dense
             for k in ("experts", "top_k", "granularity"):
                 mk.pop(k, None)
