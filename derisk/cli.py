@@ -19,6 +19,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.tree import Tree
@@ -71,6 +72,17 @@ def emit(result: dict) -> None:
     sys.stdout.flush()
 
 
+def _report(exc: DeriskError) -> None:
+    """One red line per problem on stderr (text escaped: it may hold brackets)."""
+    lines = [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]
+    for line in lines:
+        err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+
+
+def _warn(message) -> None:
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True, highlight=False)
+
+
 def command(fn):
     """Run a command body: warnings to stderr, user errors as red lines + exit 2."""
 
@@ -83,18 +95,12 @@ def command(fn):
             except DeriskError as exc:
                 if _state["debug"]:
                     raise
-                lines = (
-                    [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]
-                )
-                for line in lines:
-                    err.print(
-                        f"[bold red]error:[/] {line}", soft_wrap=True, markup=True, highlight=False
-                    )
+                _report(exc)
                 raise typer.Exit(2) from None
             finally:
                 for w in caught:
                     if issubclass(w.category, DeriskWarning):
-                        err.print(f"[yellow]warning:[/] {w.message}", soft_wrap=True)
+                        _warn(w.message)
 
     return wrapper
 
@@ -587,7 +593,7 @@ def validate(
             raise
     msgs = [str(w.message) for w in caught if issubclass(w.category, DeriskWarning)]
     for m in msgs:
-        err.print(f"[yellow]warning:[/] {m}", soft_wrap=True)
+        _warn(m)
     if as_json:
         emit(
             {
@@ -936,9 +942,7 @@ def _fit_chart(result, data) -> None:
         plt.plot(x, lo.tolist(), label="80% band")
         plt.plot(x, hi.tolist())
     else:
-        X = np.stack([np.log(data.params), np.log(data.tokens), np.zeros(data.n)], 1)
         pred = result.predict(_law_inputs(result, data))
-        del X
         plt.scatter(np.log10(C).tolist(), pred.tolist(), label="fit at each run", marker="x")
     plt.xlabel("log10 training FLOPs (6ND)")
     plt.ylabel("loss")
@@ -1241,8 +1245,7 @@ def main() -> None:
     try:
         app()
     except DeriskError as exc:  # raised outside a command body (e.g. by a callback)
-        for line in [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]:
-            err.print(f"[bold red]error:[/] {line}", soft_wrap=True)
+        _report(exc)
         sys.exit(2)
 
 

@@ -437,13 +437,18 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
     unit = budget_q[1] if budget_q else None
     if unit is None:
         unit = next((u for _, _, u, _ in quantities if u is not None), None)
-    converted: dict[int, float] = {}
-    for idx, (what, amount, u, mark) in enumerate(quantities):
+
+    def conv(q):
+        """(amount, unit) in the roadmap's unit, or None if it cannot be converted."""
+        amount, u = q
         if u is None or u == unit:
-            converted[idx] = amount
-        elif fpgh is not None and {u, unit} == {"flops", "gpu_hours"}:
-            converted[idx] = amount / fpgh if u == "flops" else amount * fpgh
-        else:
+            return amount
+        if fpgh is not None and {u, unit} == {"flops", "gpu_hours"}:
+            return amount / fpgh if u == "flops" else amount * fpgh
+        return None
+
+    for what, amount, u, mark in quantities:
+        if conv((amount, u)) is None:
             ck.err(
                 mark,
                 f"{what} is in {u} but the roadmap's budget is in {unit}; give it in "
@@ -453,10 +458,6 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
 
     if ck.problems:
         raise RoadmapError(sorted(ck.problems, key=lambda p: (p.line or 0, p.col or 0)))
-
-    def conv(q):
-        idx = next(i for i, (_, a, u, _) in enumerate(quantities) if a == q[0] and u == q[1])
-        return converted[idx]
 
     budget = conv(budget_q)
     resolution = conv(resolution_q) if resolution_q else None

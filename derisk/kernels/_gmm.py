@@ -161,13 +161,11 @@ def gmm_swiglu_reference(x, w_gate, w_up, group_sizes):
 
 def tgmm_reference(x, dy, group_sizes, *, out_dtype=None):
     """dw[e] = x[rows of e]^T dy[rows of e], by masking (O(E M K N): small sizes only)."""
-    E = group_sizes.shape[0]
     starts, ends = group_offsets(group_sizes)
     rows = jnp.arange(x.shape[0])
     mask = (rows[None, :] >= starts[:, None]) & (rows[None, :] < ends[:, None])  # (E, M)
     xm = jnp.where(mask[:, :, None], x[None].astype(jnp.float32), 0.0)
     out = jnp.einsum("emk,mn->ekn", xm, dy.astype(jnp.float32), precision=lax.Precision.HIGHEST)
-    del E
     return out.astype(out_dtype or x.dtype)
 
 

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from derisk.planner._exact import TIE
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace
 
-TIE = 1e-9
 TARGET_CHUNK_ELEMENTS = 1 << 22  # pairs x levels per chunk: bounds device temporaries
 
 

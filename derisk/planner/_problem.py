@@ -71,9 +71,6 @@ class PlanningProblem:
             [float(c @ q) for c, q in zip(self.cost_units, self.cost_probs, strict=True)]
         )
 
-    def budget_of(self, level: int | np.ndarray) -> float | np.ndarray:
-        return level * self.resolution
-
     def level_of(self, budget: float) -> int:
         return int(np.floor(budget / self.resolution + 1e-9))
 

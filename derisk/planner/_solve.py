@@ -44,6 +44,7 @@ class Solution:
     success: bool = True
     message: str = "solved"
     _eval_cache: dict = field(default_factory=dict, repr=False)
+    _table_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def root_value(self) -> float:
@@ -79,19 +80,19 @@ class Solution:
     def evaluation(self, policy: str = "optimal") -> dict:
         """Exact value / compute / p_reward tables of the optimal policy or a heuristic."""
         if policy not in self._eval_cache:
-            if policy == "optimal":
-                table = self.policy
-            elif policy in HEURISTICS:
-                table = heuristic_policy(policy, self.problem, self.space)
-            else:
-                raise ValueError(f"unknown policy {policy!r}; expected optimal or {HEURISTICS}")
+            table = self.policy_table(policy)
             self._eval_cache[policy] = evaluate_policy(self.problem, self.space, table)
         return self._eval_cache[policy]
 
     def policy_table(self, policy: str = "optimal") -> np.ndarray | None:
+        """(S, L) int8 table of a policy (None for "random"), built once per solution."""
         if policy == "optimal":
             return self.policy
-        return heuristic_policy(policy, self.problem, self.space)
+        if policy not in HEURISTICS:
+            raise ValueError(f"unknown policy {policy!r}; expected optimal or {HEURISTICS}")
+        if policy not in self._table_cache:
+            self._table_cache[policy] = heuristic_policy(policy, self.problem, self.space)
+        return self._table_cache[policy]
 
     def as_policy(self) -> Policy:
         return Policy(self)
