@@ -1048,10 +1048,33 @@ def _store():
     return RunStore(_state.get("store") or default_store())
 
 
+def _check_fits(model, tc) -> None:
+    """Refuse a run whose estimated memory exceeds this machine's (or the GPU's)."""
+    import os
+
+    import jax
+
+    from derisk.estimators import training_bytes
+
+    need = training_bytes(model, tc)
+    try:
+        have = jax.devices()[0].memory_stats()["bytes_limit"]
+    except (AttributeError, KeyError, TypeError, RuntimeError):
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * have:
+        raise DeriskError(
+            f"a {model.arch} model with d_model {model.d_model}, {model.n_layer} layers and "
+            f"batch {tc.batch_size} x {model.seq_len} needs ~{need / 2**30:.1f} GiB to train, "
+            f"more than this device's {have / 2**30:.1f} GiB; use a smaller --d-model, "
+            "--n-layer, --batch-size or --seq-len"
+        )
+
+
 def _run_one(store, model, tc, corpus, *, label: str = ""):
     """Train one point with a live progress bar and record it; returns the result."""
     from derisk.estimators import run_key, train
 
+    _check_fits(model, tc)
     key = run_key(model, tc, corpus.digest)
     store.start(key, model, tc, corpus)
     with Progress(
@@ -1145,6 +1168,8 @@ def sweep(
 
     raw = load_sweep(spec)
     points, capped = sweep_points(raw, str(spec))
+    for model, tc in points:
+        _check_fits(model, tc)
     data = _corpus(raw.get("corpus"), raw.get("max_bytes", 20_000_000))
     store = _store()
     done = ran = 0

@@ -55,6 +55,12 @@ def test_tiny_model_loss_falls(corpus):
     assert r.flops == pytest.approx(flops_per_token(cfg) * r.tokens)
 
 
+def test_budget_shorter_than_two_steps_still_trains(corpus):
+    cfg = ModelConfig(d_model=16, n_layer=1, n_head=2, seq_len=16)
+    r = train(cfg, TrainConfig(tokens=40, batch_size=2), corpus)  # one step
+    assert r.status == "finished" and r.tokens == 32
+
+
 def test_flops_match_a_hand_count():
     cfg = ModelConfig(d_model=64, n_layer=2, n_head=4, seq_len=128)  # d_ff = 176
     d, f, L, T = 64, 176, 2, 128
@@ -101,6 +107,7 @@ def test_bad_configs_are_clear_errors():
         (["train", "--d-model", "30", "--n-head", "4"], "divisible"),
         (["train", "--arch", "moe", "--experts", "4", "--top-k", "5"], "top_k"),
         (["train", "--corpus", "/nonexistent/x"], "no such"),
+        (["train", "--d-model", "200000", "--n-head", "4"], "GiB"),
     ]
     for args, msg in cases:
         r = runner.invoke(app, args)

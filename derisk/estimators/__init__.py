@@ -16,7 +16,7 @@ from derisk.estimators._store import (
     run_key,
     sweep_points,
 )
-from derisk.estimators._train import RunResult, TrainConfig, train
+from derisk.estimators._train import RunResult, TrainConfig, train, training_bytes
 
 __all__ = [
     "Corpus",
@@ -36,4 +36,5 @@ __all__ = [
     "run_key",
     "sweep_points",
     "train",
+    "training_bytes",
 ]

@@ -76,14 +76,24 @@ def _step_fn(cfg: ModelConfig, opt):
     return jax.jit(step)
 
 
+def training_bytes(model: ModelConfig, tc: TrainConfig) -> int:
+    """Rough peak memory of a training step: fp32 weights, gradients and two Adam moments
+    (16 bytes a parameter), plus activations kept for the backward pass (~24 fp32 values
+    per token, layer and model width, and the attention scores)."""
+    tokens = tc.batch_size * model.seq_len
+    acts = model.n_layer * tokens * (24 * model.d_model + 2 * model.n_head * model.seq_len)
+    return 16 * param_counts(model)["total"] + 4 * acts + 4 * tokens * 256 * 3
+
+
 def train(model: ModelConfig, tc: TrainConfig, corpus: Corpus, *, progress=None) -> RunResult:
     """Train to `tc.tokens` and return the result; divergence ends the run as data."""
     steps = max(1, tc.tokens // (tc.batch_size * model.seq_len))
+    warmup = max(1, int(tc.warmup * steps))
     sched = optax.warmup_cosine_decay_schedule(
         0.0,
         tc.lr,
-        warmup_steps=max(1, int(tc.warmup * steps)),
-        decay_steps=steps,
+        warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1),  # optax needs a non-empty cosine phase
         end_value=tc.lr * 0.1,
     )
     opt = optax.chain(
