@@ -814,6 +814,8 @@ def fit(
             seed=seed,
             progress=lambda k: bar.advance(task, k),
         )
+    # what `derisk predict --run` needs to put a stored run on this law's axes
+    result.summary.update(params_col=params_col, min_tokens=min_tokens)
     intervals = result.intervals()
     extra = _fit_extras(result, data)
     saved = None
@@ -1039,6 +1041,166 @@ def optimal(
     out.print(f"  predicted loss {a.loss:.4f}{iv}")
 
 
+def _run_point(store, fit, ident: str) -> tuple[dict, dict]:
+    """(the run's row, its inputs to the law) for a run id in the store."""
+    from derisk.estimators import ModelConfig, param_counts
+
+    rows = {str(r["id"]): r for r in store.runs()}
+    if ident not in rows:
+        raise DeriskError(
+            f"{store.path}: no run with id {ident}; `derisk runs` lists the ids"
+            + ("" if rows else " (the store is empty)")
+        )
+    r = rows[ident]
+    if r["status"] != "finished" or r["val_loss"] is None:
+        raise DeriskError(f"run {ident} is {r['status']}, not finished: nothing to compare")
+    col = ((fit.summary or {}).get("params_col")) or "params"
+    counts = param_counts(ModelConfig(**r["model"]))
+    n = counts["non_embedding_active"] if col == "active_params" else counts["non_embedding"]
+    return r, {
+        "params": n,
+        "tokens": r["tokens"],
+        "experts": r["experts"] or 1,
+        "granularity": r["granularity"] or 1,
+    }
+
+
+@app.command()
+@command
+def predict(
+    law: Annotated[
+        str, typer.Option("--law", help="A saved law name or .json path.")
+    ] = "cpu-dense",
+    params: Annotated[
+        float | None, typer.Option("--params", help="Non-embedding parameters (active for MoE).")
+    ] = None,
+    tokens: Annotated[float | None, typer.Option("--tokens", help="Training tokens.")] = None,
+    experts: Annotated[float, typer.Option("--experts")] = 1.0,
+    granularity: Annotated[float, typer.Option("--granularity")] = 1.0,
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run",
+            help="A run id from `derisk runs` (repeatable, or `all`): its measured loss "
+            "against the prediction.",
+        ),
+    ] = None,
+    below: Annotated[
+        float | None, typer.Option("--below", help="Also print P(loss < this).")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """A run's loss predicted by a fitted law, with its 80% predictive interval."""
+    import numpy as np
+
+    from derisk.scaling import law_inputs, load_law, predict_loss, setting_mismatches
+
+    fit = load_law(law)
+    if (params is None) != (tokens is None):
+        raise DeriskError("give both --params and --tokens (or --run ID)")
+    if params is None and not run_ids:
+        raise DeriskError("give --params N --tokens D, or --run ID for a run in the store")
+    for name, v in (
+        ("--params", params),
+        ("--tokens", tokens),
+        ("--experts", experts),
+        ("--granularity", granularity),
+    ):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise DeriskError(f"{name} must be a positive number, got {v:g}")
+    if below is not None and not below > 0:
+        raise DeriskError(f"--below must be a positive loss, got {below:g}")
+    points = []  # (label, inputs, observed, run row)
+    if params is not None:
+        points.append(
+            (
+                "-",
+                dict(params=params, tokens=tokens, experts=experts, granularity=granularity),
+                None,
+                None,
+            )
+        )
+    if run_ids:
+        store = _store()
+        ids = run_ids
+        if "all" in run_ids:
+            arches = set(((fit.summary or {}).get("setting") or {}).get("arch") or [])
+            ids = [
+                str(r["id"])
+                for r in store.runs()
+                if r["status"] == "finished" and (not arches or r["arch"] in arches)
+            ]
+        for ident in ids:
+            r, inputs = _run_point(store, fit, ident)
+            points.append((ident, inputs, r["val_loss"], r))
+    results, warnings = [], []
+    for label, inputs, observed, r in points:
+        pr = predict_loss(fit, observed=observed, **inputs)
+        d = {"run": None if r is None else r["id"], **pr.as_dict()}
+        if below is not None:
+            d["p_below"] = float(fit.prob_below(law_inputs(fit.law, **inputs), below)[0])
+        if r is not None:
+            setting = {**r["model"], **r["train"], "corpus_hash": r["corpus_hash"]}
+            if r["arch"] == "dense":
+                setting.pop("top_k", None)
+            d["setting_differs"] = setting_mismatches(fit, setting)
+            for m in d["setting_differs"]:
+                warnings.append(f"run {label} was trained with {m}: the law may not apply")
+        if max(pr.params_beyond, pr.tokens_beyond) > 1:
+            warnings.append(
+                f"{'run ' + label if r is not None else 'this point'} extrapolates "
+                f"{pr.params_beyond:.1f}x the largest fitted model and "
+                f"{pr.tokens_beyond:.1f}x the most tokens"
+            )
+        results.append(d)
+    scored = [d for d in results if d["quantile"] is not None]
+    inside = sum(0.1 <= d["quantile"] <= 0.9 for d in scored)
+    summary = {}
+    if scored:
+        summary = {
+            "runs": len(scored),
+            "inside_80": inside,
+            "mean_abs_error": float(np.mean([abs(d["error"]) for d in scored])),
+        }
+    if as_json:
+        emit({"law": law, "predictions": results, "summary": summary, "warnings": warnings})
+        return
+    for w in warnings:
+        _warn(w)
+    t = Table(title=f"law {law} ({fit.law}, {fit.n} runs)", title_justify="left")
+    cols = ["params", "tokens", "law", "80% band"]
+    if scored:
+        cols = ["run", *cols, "measured", "error", "q"]
+    for col in cols:
+        t.add_column(col, justify="right")
+    for d in results:
+        iv = d["interval"]
+        row = [
+            f"{d['params']:.3g}",
+            f"{d['tokens']:.3g}",
+            f"{d['loss']:.4f}",
+            f"{iv[0]:.3f}-{iv[1]:.3f}" if iv else "-",
+        ]
+        if scored:
+            row = [
+                "-" if d["run"] is None else str(d["run"]),
+                *row,
+                "-" if d["observed"] is None else f"{d['observed']:.4f}",
+                "-" if d["error"] is None else f"{100 * d['error']:+.1f}%",
+                "-" if d["quantile"] is None else f"{d['quantile']:.2f}",
+            ]
+        t.add_row(*row)
+    out.print(t)
+    if below is not None:
+        for d in results:
+            out.print(f"P(loss < {below:g}) = {d['p_below']:.3f}")
+    if summary:
+        out.print(
+            f"{inside} of {len(scored)} measured losses inside the 80% interval; "
+            f"mean |error| {100 * summary['mean_abs_error']:.1f}%"
+        )
+
+
 # ---------------------------------------------------------------- small real trainings
 
 
@@ -1108,14 +1270,19 @@ def train_cmd(
     arch: Annotated[str, typer.Option("--arch", help="dense | moe")] = "dense",
     d_model: Annotated[int, typer.Option("--d-model")] = 64,
     n_layer: Annotated[int, typer.Option("--n-layer")] = 2,
-    n_head: Annotated[int, typer.Option("--n-head")] = 4,
-    seq_len: Annotated[int, typer.Option("--seq-len")] = 128,
-    experts: Annotated[int, typer.Option("--experts")] = 8,
-    top_k: Annotated[int, typer.Option("--top-k")] = 2,
+    n_head: Annotated[int, typer.Option("--n-head")] = 2,
+    seq_len: Annotated[int, typer.Option("--seq-len")] = 64,
+    experts: Annotated[int, typer.Option("--experts")] = 4,
+    top_k: Annotated[int, typer.Option("--top-k")] = 1,
     granularity: Annotated[int, typer.Option("--granularity")] = 1,
     tokens: Annotated[float, typer.Option("--tokens", help="Training tokens (bytes).")] = 1e6,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
-    lr: Annotated[float, typer.Option("--lr")] = 3e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr", help="Peak learning rate (default 0.096 / d_model, as the shipped sweep)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     corpus: Annotated[
         Path | None,
@@ -1126,8 +1293,12 @@ def train_cmd(
     ] = 20_000_000,
     as_json: JsonOpt = False,
 ):
-    """Train one small dense or MoE language model and record it in the run store."""
-    from derisk.estimators import ModelConfig, TrainConfig
+    """Train one small dense or MoE language model and record it in the run store.
+
+    The defaults are the shipped sweep's setting, so the shipped laws (`derisk predict
+    --law cpu-dense --run ID`) apply to a run that only changes --d-model and --tokens.
+    """
+    from derisk.estimators import ModelConfig, TrainConfig, lr_for_width
 
     try:
         model = ModelConfig(
@@ -1140,7 +1311,9 @@ def train_cmd(
             top_k=top_k,
             granularity=granularity,
         )
-        tc = TrainConfig(tokens=int(tokens), batch_size=batch_size, lr=lr, seed=seed)
+        if lr is None and d_model > 0:
+            lr = lr_for_width(d_model)
+        tc = TrainConfig(tokens=int(tokens), batch_size=batch_size, lr=lr or 0.0, seed=seed)
     except ValueError as exc:
         raise DeriskError(f"bad training config: {exc}") from None
     data = _corpus(corpus, max_bytes)

@@ -27,6 +27,7 @@ from derisk.estimators import (
     sweep_points,
     train,
 )
+from derisk.scaling import load_runs_csv
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +183,91 @@ def test_killed_sweep_loses_nothing_and_resumes(tmp_path):
         assert key in listed[0]
     lines = (tmp_path / "r.csv").read_text().splitlines()
     assert lines[0].startswith("params,tokens,loss") and len(lines) == 7
+
+
+def _fake_run(store, model, tc, loss, digest="abc"):
+    """Record a run without training (the store and export are what is under test)."""
+    from types import SimpleNamespace
+
+    from derisk.estimators import RunResult, RunStore, run_key
+
+    assert isinstance(store, RunStore)
+    key = run_key(model, tc, digest)
+    store.start(key, model, tc, SimpleNamespace(source="x", digest=digest))
+    store.finish(
+        key,
+        RunResult(
+            status="finished",
+            final_val_loss=loss,
+            best_val_loss=loss,
+            tokens=tc.tokens,
+            params=param_counts(model),
+        ),
+    )
+
+
+def test_law_records_its_runs_setting_and_predict_flags_a_different_run(tmp_path):
+    """Runs exported from the store carry how they were trained; a law fitted to them
+    remembers it, and `derisk predict --run` scores a stored run and says when it was
+    trained differently (context length, learning-rate rule)."""
+    from derisk.estimators import RunStore, lr_for_width
+
+    store = RunStore(tmp_path / "runs.sqlite")
+    rng = np.random.default_rng(0)
+    for d in (16, 24, 32, 48, 64):
+        for tokens in (20_000, 60_000, 200_000, 600_000):
+            m = ModelConfig(arch="dense", d_model=d, n_layer=1, n_head=2, seq_len=32)
+            n = param_counts(m)["non_embedding"]
+            loss = (1.0 + 30 / n**0.4 + 300 / tokens**0.4) * np.exp(rng.normal(0, 0.002))
+            _fake_run(store, m, TrainConfig(tokens=tokens, lr=lr_for_width(d)), float(loss))
+    csv_path = tmp_path / "runs.csv"
+    csv_path.write_text(store.export_csv(arch="dense"))
+    data = load_runs_csv(csv_path)
+    seen = data.summary()["setting"]
+    assert seen["seq_len"] == ["32"] and seen["arch"] == ["dense"]
+    assert seen["lr_x_d_model"] == pytest.approx([0.096, 0.096])
+
+    runner = CliRunner()
+    law = tmp_path / "law.json"
+    r = runner.invoke(
+        app,
+        ["fit", str(csv_path), "--bootstrap", "20", "--starts", "8", "--save", str(law), "--json"],
+    )
+    assert r.exit_code == 0, r.output
+    # a larger held-out run, same setting: predicted close, no setting warning
+    big = ModelConfig(arch="dense", d_model=96, n_layer=1, n_head=2, seq_len=32)
+    n = param_counts(big)["non_embedding"]
+    true = 1.0 + 30 / n**0.4 + 300 / 600_000**0.4
+    _fake_run(store, big, TrainConfig(tokens=600_000, lr=lr_for_width(96)), true)
+    # the same model trained with another context length and a fixed lr
+    odd = ModelConfig(arch="dense", d_model=96, n_layer=1, n_head=2, seq_len=128)
+    _fake_run(store, odd, TrainConfig(tokens=600_000, lr=3e-3), true)
+    ids = [str(x["id"]) for x in store.runs()][-2:]
+    r = runner.invoke(
+        app,
+        [
+            "--store",
+            str(tmp_path / "runs.sqlite"),
+            "predict",
+            "--law",
+            str(law),
+            "--run",
+            ids[0],
+            "--run",
+            ids[1],
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    same, other = out["predictions"]
+    assert same["observed"] == pytest.approx(true) and abs(same["error"]) < 0.02
+    assert same["setting_differs"] == [] and same["params_beyond"] > 1
+    assert any("seq_len 128" in m for m in other["setting_differs"])
+    assert any(m.startswith("lr 0.003") for m in other["setting_differs"])
+    assert out["summary"]["runs"] == 2
+    bad = runner.invoke(
+        app,
+        ["--store", str(tmp_path / "runs.sqlite"), "predict", "--law", str(law), "--run", "999"],
+    )
+    assert bad.exit_code == 2 and "no run with id 999" in bad.stderr

@@ -263,3 +263,60 @@ def test_shipped_law_loads_by_name(tmp_path, monkeypatch):
     data = data.subset(data.tokens >= 9e4)
     X = np.stack([np.log(data.params), np.log(data.tokens), np.zeros(data.n)], 1)
     assert np.max(np.abs(fit.predict(X) / data.loss - 1)) < 0.1
+
+
+def test_prediction_at_a_held_out_point_and_its_quantile():
+    from derisk.scaling import predict_loss
+
+    fit = fit_law(synthetic(150, 0.01, 21), bootstrap=30, starts=16)
+    N, D = 3e9, 2e11  # inside the fitted range, not a fitted run
+    true = chinchilla(N, D)
+    p = predict_loss(fit, N, D)
+    assert p.loss == pytest.approx(true, rel=0.01)
+    assert p.interval[0] < true < p.interval[1]
+    assert p.params_beyond < 1 and p.tokens_beyond < 1
+    on = predict_loss(fit, N, D, observed=true)
+    assert 0.1 < on.quantile < 0.9 and abs(on.error) < 0.01
+    off = predict_loss(fit, N, D, observed=1.5 * true)
+    assert off.quantile > 0.999 and off.error == pytest.approx(1.5 * true / p.loss - 1)
+    far = predict_loss(fit, 6.4e10, 2e12)
+    assert far.params_beyond == pytest.approx(6.4e10 / fit.summary["params"][1])
+
+
+def test_cli_predict_matches_the_law_formula(tmp_path, monkeypatch):
+    """`derisk predict` on the shipped law gives E + A/N^alpha + B/D^beta from its file."""
+    from pathlib import Path
+
+    import derisk.estimators
+
+    monkeypatch.setenv("DERISK_LAWS", str(tmp_path))
+    law = Path(derisk.estimators.__file__).parent / "data" / "laws" / "cpu-dense.json"
+    p = json.loads(law.read_text())["params"]
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--law",
+            "cpu-dense",
+            "--params",
+            "2e6",
+            "--tokens",
+            "1e7",
+            "--below",
+            "1.2",
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)["predictions"][0]
+    assert d["loss"] == pytest.approx(chinchilla(2e6, 1e7, p), rel=1e-9)
+    assert d["interval"][0] < d["loss"] < d["interval"][1]
+    assert 0 <= d["p_below"] <= 1 and d["params_beyond"] > 1
+    for args in (
+        ["--params", "1e6"],
+        ["--tokens", "1e6"],
+        ["--params", "-1", "--tokens", "1"],
+        ["--law", "nope", "--params", "1e6", "--tokens", "1e6"],
+    ):
+        bad = CliRunner().invoke(app, ["predict", *args])
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, args

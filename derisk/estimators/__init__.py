@@ -16,9 +16,17 @@ from derisk.estimators._store import (
     run_key,
     sweep_points,
 )
-from derisk.estimators._train import RunResult, TrainConfig, train, training_bytes
+from derisk.estimators._train import (
+    LR_X_D_MODEL,
+    RunResult,
+    TrainConfig,
+    lr_for_width,
+    train,
+    training_bytes,
+)
 
 __all__ = [
+    "LR_X_D_MODEL",
     "Corpus",
     "ModelConfig",
     "RunResult",
@@ -32,6 +40,7 @@ __all__ = [
     "load_corpus",
     "load_sweep",
     "loss_fn",
+    "lr_for_width",
     "param_counts",
     "run_key",
     "sweep_points",

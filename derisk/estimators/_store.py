@@ -165,11 +165,20 @@ class RunStore:
         """Finished runs as the CSV `derisk fit` reads (params = non-embedding)."""
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["params", "tokens", "loss", "experts", "granularity", "active_params", "arch"])
+        setting = ["d_model", "n_layer", "n_head", "seq_len", "top_k", "batch_size", "lr"]
+        w.writerow(
+            ["params", "tokens", "loss", "experts", "granularity", "active_params", "arch"]
+            + setting
+            + ["corpus_hash"]
+        )
         for r in self.runs():
             if r["status"] != "finished" or (arch and r["arch"] != arch):
                 continue
-            active = param_counts(ModelConfig(**r["model"]))["non_embedding_active"]
+            m, t = r["model"], r["train"]
+            active = param_counts(ModelConfig(**m))["non_embedding_active"]
+            conf = {**m, **t}
+            if m["arch"] == "dense":
+                conf["top_k"] = ""  # no router
             w.writerow(
                 [
                     r["non_embedding"],
@@ -180,6 +189,8 @@ class RunStore:
                     active,
                     r["arch"],
                 ]
+                + [conf[k] for k in setting]
+                + [r["corpus_hash"]]
             )
         return buf.getvalue()
 

@@ -28,6 +28,15 @@ PEAK_FLOPS = {
 }
 
 
+# The learning rate that trains these small models well falls with width, ~1/d_model
+# (probes in BENCHMARKS.md); the shipped sweep and `derisk train` use lr = this / d_model.
+LR_X_D_MODEL = 0.096
+
+
+def lr_for_width(d_model: int) -> float:
+    return LR_X_D_MODEL / d_model
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """How to train. CLI flags map one to one onto these fields."""

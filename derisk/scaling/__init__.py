@@ -15,6 +15,7 @@ from derisk.scaling._optimal import (
     load_law,
     optimal_allocation,
 )
+from derisk.scaling._predict import Prediction, law_inputs, predict_loss, setting_mismatches
 
 __all__ = [
     "HUBER_DELTA",
@@ -23,6 +24,7 @@ __all__ = [
     "FitResult",
     "IsoFlopFit",
     "LawForm",
+    "Prediction",
     "RunData",
     "effective_params",
     "fit_from_json",
@@ -30,10 +32,13 @@ __all__ = [
     "fit_to_json",
     "flops_per_token",
     "isoflop_fit",
+    "law_inputs",
     "laws_dir",
     "load_law",
     "load_runs_csv",
     "objective",
     "optimal_allocation",
+    "predict_loss",
     "run_data",
+    "setting_mismatches",
 ]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,20 @@ import numpy as np
 from derisk.errors import DataError
 
 COLUMNS = ("params", "tokens", "loss", "experts", "granularity")
+# How the runs were trained, when the CSV says (`derisk runs --csv` writes these). A law
+# fitted to the runs records the values it saw, so a prediction can say when a new run was
+# trained differently (another context length, learning rate rule or corpus).
+SETTING_COLUMNS = (
+    "arch",
+    "d_model",
+    "n_layer",
+    "n_head",
+    "seq_len",
+    "top_k",
+    "batch_size",
+    "lr",
+    "corpus_hash",
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -24,6 +39,7 @@ class RunData:
     experts: np.ndarray
     granularity: np.ndarray
     source: str = "<data>"
+    setting: dict[str, list[str]] = field(default_factory=dict)  # column -> value per run
 
     @property
     def n(self) -> int:
@@ -67,6 +83,7 @@ class RunData:
             "loss": [float(self.loss.min()), float(self.loss.max())],
             "experts": sorted({float(x) for x in self.experts}),
             "granularity": sorted({float(x) for x in self.granularity}),
+            "setting": training_setting(self.setting),
         }
 
     def subset(self, mask: np.ndarray) -> RunData:
@@ -77,6 +94,10 @@ class RunData:
             experts=self.experts[mask],
             granularity=self.granularity[mask],
             source=self.source,
+            setting={
+                k: [v for v, m in zip(vals, mask, strict=True) if m]
+                for k, vals in self.setting.items()
+            },
         )
 
 
@@ -131,6 +152,7 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
             ". Map other names with --params-col/--tokens-col/--loss-col"
         )
     cols = {k: [] for k in COLUMNS}
+    setting: dict[str, list[str]] = {}
     for row_no, row in enumerate(reader, start=2):
         for k in COLUMNS:
             name = mapping[k]
@@ -149,9 +171,12 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
                     f"{path}:{row_no}: column `{name}` is {raw}, expected a positive finite number"
                 )
             cols[k].append(v)
+        for k in SETTING_COLUMNS:
+            if k in header:
+                setting.setdefault(k, []).append((row.get(k) or "").strip())
     if not cols["loss"]:
         raise DataError(f"{path}: no data rows")
-    return run_data(
+    data = run_data(
         cols["params"],
         cols["tokens"],
         cols["loss"],
@@ -159,3 +184,24 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
         granularity=cols["granularity"],
         source=str(path),
     )
+    return dataclasses.replace(data, setting=setting)
+
+
+def training_setting(setting: dict[str, list[str]]) -> dict:
+    """The distinct values of each setting column; the learning rate as lr x d_model, the
+    width-scaled rate the shipped sweeps hold fixed (lr ~ 1/d_model)."""
+    out: dict = {}
+    for k, vals in setting.items():
+        if k in ("lr", "d_model"):
+            continue
+        out[k] = sorted(set(vals))
+    if "lr" in setting and "d_model" in setting:
+        try:
+            scaled = [
+                float(lr) * float(d)
+                for lr, d in zip(setting["lr"], setting["d_model"], strict=True)
+            ]
+            out["lr_x_d_model"] = [min(scaled), max(scaled)]
+        except ValueError:
+            pass
+    return out

@@ -1,0 +1,115 @@
+"""Predicting one run's loss from a fitted law, and scoring a run against the prediction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from derisk.scaling._fit import FitResult
+from derisk.scaling._laws import LAWS
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The law's loss at one (params, tokens[, experts or granularity]) point.
+
+    `interval` is the central predictive interval at `level` (parameter uncertainty from the
+    bootstrap and run-to-run noise). With an `observed` loss, `quantile` is where it falls
+    in the predictive distribution (0.5 = on the median; outside [0.1, 0.9] = outside the
+    80% band) and `error` is observed / predicted - 1.
+    """
+
+    params: float
+    tokens: float
+    experts: float
+    granularity: float
+    loss: float
+    interval: tuple[float, float] | None
+    level: float
+    params_beyond: float  # params / the largest fitted run's (> 1: extrapolating)
+    tokens_beyond: float
+    observed: float | None = None
+    quantile: float | None = None
+    error: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def law_inputs(law: str, params, tokens, experts=1.0, granularity=1.0) -> np.ndarray:
+    """Log inputs (n, 3) in the order every law form takes them."""
+    inputs = LAWS[law].inputs
+    g = granularity if "granularity" in inputs else experts if "experts" in inputs else 1.0
+    p, d, g = np.broadcast_arrays(
+        np.asarray(params, np.float64), np.asarray(tokens, np.float64), np.asarray(g, np.float64)
+    )
+    return np.stack([np.log(p).ravel(), np.log(d).ravel(), np.log(g).ravel()], axis=1)
+
+
+def predict_loss(
+    fit: FitResult,
+    params: float,
+    tokens: float,
+    *,
+    experts: float = 1.0,
+    granularity: float = 1.0,
+    observed: float | None = None,
+    level: float = 0.8,
+) -> Prediction:
+    if not (params > 0 and tokens > 0 and experts > 0 and granularity > 0):
+        raise ValueError("params, tokens, experts and granularity must be positive")
+    if not 0 < level < 1:
+        raise ValueError("level must be in (0, 1)")
+    X = law_inputs(fit.law, params, tokens, experts, granularity)
+    point = float(fit.predict(X)[0])
+    interval = None
+    if fit.bootstrap is not None:
+        s = fit.predictive_samples(X)[:, 0]
+        q = (1 - level) / 2
+        interval = (float(np.quantile(s, q)), float(np.quantile(s, 1 - q)))
+    seen = fit.summary or {}
+    p_hi = (seen.get("params") or [params, params])[1]
+    d_hi = (seen.get("tokens") or [tokens, tokens])[1]
+    quantile = error = None
+    if observed is not None:
+        quantile = float(fit.prob_below(X, observed)[0])
+        error = observed / point - 1.0
+    return Prediction(
+        params=float(params),
+        tokens=float(tokens),
+        experts=float(experts),
+        granularity=float(granularity),
+        loss=point,
+        interval=interval,
+        level=level,
+        params_beyond=float(params / p_hi),
+        tokens_beyond=float(tokens / d_hi),
+        observed=observed,
+        quantile=quantile,
+        error=error,
+    )
+
+
+def setting_mismatches(fit: FitResult, run: dict) -> list[str]:
+    """How a run's training setting differs from the runs the law was fitted to.
+
+    `run` maps setting names (seq_len, n_layer, lr, d_model, corpus_hash, ...) to values.
+    Laws fitted to CSVs without setting columns have nothing to compare and return [].
+    """
+    seen = (fit.summary or {}).get("setting") or {}
+    out = []
+    for k, vals in seen.items():
+        if k == "lr_x_d_model" or k not in run or run[k] in (None, ""):
+            continue
+        if str(run[k]) not in vals:
+            out.append(f"{k} {run[k]} (the law's runs: {', '.join(vals)})")
+    lo_hi = seen.get("lr_x_d_model")
+    if lo_hi and run.get("lr") and run.get("d_model"):
+        scaled = float(run["lr"]) * float(run["d_model"])
+        if not 0.8 * lo_hi[0] <= scaled <= 1.25 * lo_hi[1]:
+            out.append(
+                f"lr {run['lr']:g} at d_model {run['d_model']} (the law's runs used "
+                f"lr = {lo_hi[0]:.3g} / d_model)"
+            )
+    return out
