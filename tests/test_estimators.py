@@ -271,3 +271,20 @@ def test_law_records_its_runs_setting_and_predict_flags_a_different_run(tmp_path
         ["--store", str(tmp_path / "runs.sqlite"), "predict", "--law", str(law), "--run", "999"],
     )
     assert bad.exit_code == 2 and "no run with id 999" in bad.stderr
+
+
+def test_divergence_stops_the_run_at_the_step_it_happened(corpus):
+    """A run whose loss explodes ends as data ("diverged ... at step k"), found at the same
+    step whether the host reads the loss every step or every 16; a healthy run is the
+    same computation either way."""
+    m = ModelConfig(arch="dense", d_model=16, n_layer=1, n_head=2, seq_len=32)
+    wild = TrainConfig(tokens=8 * 32 * 80, batch_size=8, lr=30.0)
+    a, b = train(m, wild, corpus, sync_every=1), train(m, wild, corpus, sync_every=16)
+    assert a.status.startswith("diverged: train loss") and a.status == b.status
+    step = int(a.status.split(" at step ")[1].split()[0])
+    assert step < 80 and a.tokens == b.tokens == (step + 1) * 8 * 32
+    assert math.isnan(a.final_val_loss)
+    calm = TrainConfig(tokens=8 * 32 * 40, batch_size=8, lr=3e-3)
+    c, d = train(m, calm, corpus, sync_every=1), train(m, calm, corpus, sync_every=16)
+    assert c.status == d.status == "finished"
+    np.testing.assert_allclose(np.array(c.curve), np.array(d.curve), rtol=1e-6)

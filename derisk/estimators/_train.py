@@ -94,8 +94,15 @@ def training_bytes(model: ModelConfig, tc: TrainConfig) -> int:
     return 16 * param_counts(model)["total"] + 4 * acts + 4 * tokens * 256 * 3
 
 
-def train(model: ModelConfig, tc: TrainConfig, corpus: Corpus, *, progress=None) -> RunResult:
-    """Train to `tc.tokens` and return the result; divergence ends the run as data."""
+def train(
+    model: ModelConfig, tc: TrainConfig, corpus: Corpus, *, progress=None, sync_every: int = 16
+) -> RunResult:
+    """Train to `tc.tokens` and return the result; divergence ends the run as data.
+
+    The loss is read back to the host every `sync_every` steps (and at each evaluation), not
+    every step, so the host keeps the device busy; divergence is still found at the exact
+    step, a few steps late at most.
+    """
     steps = max(1, tc.tokens // (tc.batch_size * model.seq_len))
     warmup = max(1, int(tc.warmup * steps))
     sched = optax.warmup_cosine_decay_schedule(
@@ -139,34 +146,51 @@ def train(model: ModelConfig, tc: TrainConfig, corpus: Corpus, *, progress=None)
     device = jax.devices()[0].device_kind
     curve, best, status, first = [], math.inf, "finished", None
     t0 = time.perf_counter()
-    train_time = 0.0
+    per_step = tc.batch_size * model.seq_len
+    train_time, tick = 0.0, None
     seen = 0
     val = math.nan
+    pending = []  # train losses still on the device: read every `sync_every` steps
     for i in range(steps):
         x = jnp.asarray(
             batch(
                 corpus.train, batch_size=tc.batch_size, seq_len=model.seq_len, step=i, seed=tc.seed
             )
         )
-        ts = time.perf_counter()
         params, opt_state, ce = step(params, opt_state, x)
-        ce = float(ce)  # sync point: also what the progress bar shows
-        if i > 0:  # step 0 includes compilation
-            train_time += time.perf_counter() - ts
-        seen += tc.batch_size * model.seq_len
-        first = ce if first is None else first
-        if not math.isfinite(ce) or ce > tc.divergence * first:
-            status = f"diverged: train loss {ce:.3g} at step {i} (started at {first:.3g})"
+        pending.append(ce)
+        evaluate_now = (i + 1) % every == 0 or i == steps - 1
+        if not (i == 0 or evaluate_now or len(pending) >= sync_every):
+            continue  # keep dispatching: the host runs ahead of the device
+        losses = [float(v) for v in jax.device_get(pending)]
+        now = time.perf_counter()
+        if tick is not None:  # step 0 includes compilation; evaluations are not training
+            train_time += now - tick
+        tick = now
+        first_step = i + 1 - len(pending)
+        pending = []
+        first = losses[0] if first is None else first
+        for k, ce in enumerate(losses):
+            if not math.isfinite(ce) or ce > tc.divergence * first:
+                status = (
+                    f"diverged: train loss {ce:.3g} at step {first_step + k} "
+                    f"(started at {first:.3g})"
+                )
+                seen = (first_step + k + 1) * per_step
+                break
+        if status != "finished":
             break
-        if (i + 1) % every == 0 or i == steps - 1:
+        seen = (i + 1) * per_step
+        if evaluate_now:
             val = evaluate(params)
             best = min(best, val)
             curve.append((seen, ce, val))
+            tick = time.perf_counter()
         if progress is not None:
-            rate = (seen - tc.batch_size * model.seq_len) / train_time if train_time else 0.0
+            rate = (seen - per_step) / train_time if train_time else 0.0
             progress(i + 1, steps, ce, rate)
     wall = time.perf_counter() - t0
-    rate = (seen - tc.batch_size * model.seq_len) / train_time if train_time > 0 else 0.0
+    rate = (seen - per_step) / train_time if train_time > 0 else 0.0
     peak = PEAK_FLOPS.get(device)
     return RunResult(
         status=status,
