@@ -49,20 +49,23 @@ def throughput(corpus, steps=40, batch_size=32):
             eval_every=10**9,
             eval_batches=1,
         )
-        r = train(cfg, tc, corpus)
-        rows.append(
-            {
-                "model": name,
-                "status": r.status,
-                "tokens_per_s": r.tokens_per_s,
-                "mfu": r.mfu,
-                "params": r.params,
-                "loss": r.curve[-1][1] if r.curve else None,
-                "device": r.device,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        for sync in (1, 16):  # loss read back every step (old trainer) vs every 16
+            rows.append(_row(name, sync, train(cfg, tc, corpus, sync_every=sync)))
+            print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _row(name, sync, r):
+    return {
+        "model": name,
+        "sync_every": sync,
+        "status": r.status,
+        "tokens_per_s": r.tokens_per_s,
+        "mfu": r.mfu,
+        "params": r.params,
+        "loss": r.curve[-1][1] if r.curve else None,
+        "device": r.device,
+    }
 
 
 SWEEP = {

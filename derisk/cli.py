@@ -603,6 +603,7 @@ def validate(
                 "budget": roadmap.budget,
                 "unit": roadmap.unit,
                 "warnings": msgs,
+                "estimates": {e.id: e.estimate for e in roadmap.experiments if e.estimate},
             }
         )
         return
@@ -611,6 +612,19 @@ def validate(
         f"{_fmt(roadmap.budget, roadmap.unit_label())}"
         + (f", {len(msgs)} warning(s)" if msgs else "")
     )
+    for e in roadmap.experiments:
+        est = e.estimate
+        if not est:
+            continue
+        iv = est["loss_interval"]
+        band = f", 80% {iv[0]:.3f}-{iv[1]:.3f}" if iv else ""
+        line = f"  {e.id}: law {est['law']} predicts loss {est['loss']:.3f}{band}"
+        if e.success and est["p"] is not None:
+            line += f"; p = P(loss < {e.success['loss_below']}) = {est['p']:.3f}"
+        line += f"; {est['flops']:.3g} training FLOPs"
+        if "cost" in est["derived"]:
+            line += f" (cost {_fmt(e.cost.median, roadmap.unit_label())})"
+        out.print(line)
 
 
 @app.command(name="examples")
@@ -1146,12 +1160,17 @@ def predict(
             d["setting_differs"] = setting_mismatches(fit, setting)
             for m in d["setting_differs"]:
                 warnings.append(f"run {label} was trained with {m}: the law may not apply")
-        if max(pr.params_beyond, pr.tokens_beyond) > 1:
-            warnings.append(
-                f"{'run ' + label if r is not None else 'this point'} extrapolates "
-                f"{pr.params_beyond:.1f}x the largest fitted model and "
-                f"{pr.tokens_beyond:.1f}x the most tokens"
+        beyond = [
+            f"{x:.1f}x the {what}"
+            for x, what in (
+                (pr.params_beyond, "largest fitted model"),
+                (pr.tokens_beyond, "most fitted tokens"),
             )
+            if x > 1
+        ]
+        if beyond:
+            who = "run " + label if r is not None else "this point"
+            warnings.append(f"{who} extrapolates to {' and '.join(beyond)}")
         results.append(d)
     scored = [d for d in results if d["quantile"] is not None]
     inside = sum(0.1 <= d["quantile"] <= 0.9 for d in scored)

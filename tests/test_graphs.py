@@ -141,21 +141,90 @@ experiments:
     assert r.experiment("a").cost.median == pytest.approx(2.0)
 
 
-def test_train_blocks_are_validated_and_need_a_law(tmp_path):
+def test_train_blocks_are_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("DERISK_LAWS", str(tmp_path))  # no user laws, only the shipped ones
     p = write(
         tmp_path,
-        """budget: 100
+        """budget: 100 gpu_hours
 experiments:
   - id: big
-    train: {arch: moe, experts: 8, top_k: 16, tokens: 2e10}
+    train: {arch: moe, experts: 8, top_k: 16, tokens: 2e10, active_params: 1e9}
     success: {loss_below: 2.45, law: moe}
     reward: 1
+  - id: unfitted
+    train: {arch: dense, params: 1e9, tokens: 2e10}
+    success: {loss_below: 2.45, law: my-law}
+    cost: 10 gpu_hours
+  - id: no-train
+    success: {loss_below: 2.45}
+    cost: 10 gpu_hours
+  - id: both
+    train: {params: 1e9, tokens: 2e10}
+    success: {loss_below: 2.45}
+    p: 0.5
+    cost: 10 gpu_hours
+  - id: no-tokens
+    train: {params: 1e9}
+    p: 0.5
+  - id: no-conversion
+    train: {params: 1e9, tokens: 2e10}
+    p: 0.5
 """,
     )
-    msgs = [x.message for x in problems(p)]
+    probs = problems(p)
+    msgs = [x.message for x in probs]
     assert any("exceeds `experts`" in m for m in msgs)
-    assert any("give `p:` directly" in m for m in msgs)
-    assert any("give `cost:` directly" in m for m in msgs)
+    [law] = [x for x in probs if "no fitted law `my-law`" in x.message]
+    assert (law.line, law.col) == (9, 38)  # points at the law's name
+    assert any("`no-train` has `success:` but no `train:`" in m for m in msgs)
+    assert any("`both` has both `p` and `success`" in m for m in msgs)
+    assert any("`no-tokens` needs `tokens`" in m for m in msgs)
+    assert any("`no-conversion` is in flops" in m and "flops_per_gpu_hour" in m for m in msgs)
+    assert all(x.line for x in probs)
+
+
+def test_train_node_p_and_cost_come_from_the_law(tmp_path, monkeypatch):
+    """p = P(loss < x) under the law's bootstrap parameters and run noise, recomputed here
+    from the law file; cost = tokens x (6N + attention) FLOPs in the roadmap's unit."""
+    from pathlib import Path
+
+    import numpy as np
+    from scipy import stats
+
+    import derisk.scaling
+
+    monkeypatch.setenv("DERISK_LAWS", str(tmp_path))
+    law_file = Path(derisk.scaling.__file__).parent.parent / "estimators/data/laws/cpu-dense.json"
+    law = json.loads(law_file.read_text())
+    N, D, x, fpgh = 2e6, 1e7, 1.2, 1.4e18
+    r = load_roadmap(
+        write(
+            tmp_path,
+            f"""budget: 100 gpu_hours
+flops_per_gpu_hour: {fpgh}
+experiments:
+  - id: big
+    train: {{arch: dense, params: {N}, tokens: {D}, d_model: 256, layers: 2, seq_len: 64}}
+    success: {{loss_below: {x}, law: cpu-dense}}
+    reward: 1
+  - id: looser
+    train: {{arch: dense, params: {N}, tokens: {D}}}
+    success: {{loss_below: {x + 0.2}}}
+    cost: 3 gpu_hours
+    reward: 1
+""",
+        )
+    )
+    a, b, e, alpha, beta = np.array(law["bootstrap"]).T
+    mean = np.exp(e) + np.exp(a) / N**alpha + np.exp(b) / D**beta
+    want = stats.norm.cdf((np.log(x) - np.log(mean)) / law["sigma_log"]).mean()
+    big = r.experiment("big")
+    assert big.p == pytest.approx(want, rel=1e-9)
+    assert 0 < big.p < r.experiment("looser").p < 1  # an easier target is likelier
+    flops = D * (6 * N + 6 * 2 * 64 * 256)
+    assert big.cost.median == pytest.approx(flops / fpgh, rel=1e-9)
+    assert r.experiment("looser").cost.median == 3  # a given cost wins
+    assert big.estimate["derived"] == ["p", "cost"]
 
 
 def test_malformed_yaml_and_json(tmp_path):

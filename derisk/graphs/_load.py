@@ -6,6 +6,7 @@ column of the offending value, so a user fixes a file in one round trip.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -372,22 +373,39 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         # train / success
         train = item.get("train")
         success = item.get("success")
+        before = len(ck.problems)
         if train is not None:
             _check_train(ck, train, ivm.get("train"), what)
         if success is not None:
             _check_success(ck, success, ivm.get("success"), what)
+            if train is None:
+                ck.err(
+                    ivm.get("success"),
+                    f"{what} has `success:` but no `train:`: the law predicts the loss of a "
+                    "training run, e.g. `train: {arch: dense, params: 1e9, tokens: 2e10}`",
+                )
+            if "p" in item:
+                ck.err(
+                    ivm.get("p"),
+                    f"{what} has both `p` and `success`: give one (the law's probability, "
+                    "or your own)",
+                )
+        est = None
+        wants = (success is not None and "p" not in item) or (
+            train is not None and "cost" not in item
+        )
+        if wants and train is not None and len(ck.problems) == before:
+            est = _estimate(ck, train, success, ivm, what)
+        exp["estimate"] = None
+        if est is not None:  # what the law set, for `derisk validate` to show
+            derived = [k for k, mine in (("p", "p"), ("cost", "cost")) if mine not in item]
+            exp["estimate"] = {**dataclasses.asdict(est), "derived": derived}
 
         # p
         if "p" in item:
             exp["p"] = _p(ck, item["p"], ivm.get("p"), what, hypotheses, hyp_marks)
         elif success is not None:
-            law = success.get("law", "chinchilla") if isinstance(success, dict) else "?"
-            ck.err(
-                ivm.get("success"),
-                f"{what} takes its p from the fitted law `{law}`, but the planner cannot "
-                "yet turn a `success:` block into a probability (laws are fitted with "
-                "`derisk fit`; wiring them into roadmaps is not done); give `p:` directly",
-            )
+            exp["p"] = est.p if est is not None else 0.0
         else:
             ck.err(m, f"{what} has no `p` (its probability of success, e.g. `p: 0.7`)")
 
@@ -395,12 +413,12 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
         if "cost" in item:
             exp["cost"] = _cost(ck, item["cost"], ivm.get("cost"), what, quantity)
         elif train is not None:
-            ck.err(
-                ivm.get("train"),
-                f"{what} takes its cost from `train:`, but the planner cannot yet turn a "
-                "training spec into compute (the hardware cost model is not done); give "
-                "`cost:` directly",
-            )
+            flops = est.flops if est is not None else 0.0
+            exp["cost"] = ((flops, "flops"), None)
+            if est is not None:
+                quantities.append(
+                    (f"the training cost of {what}", flops, "flops", ivm.get("train"))
+                )
         else:
             ck.err(m, f"{what} has no `cost` (e.g. `cost: 40 gpu_hours`)")
 
@@ -475,6 +493,7 @@ def roadmap_from_dict(data: Any, *, source: str = "<roadmap>") -> Roadmap:
                 reward=e.get("reward", 0.0),
                 train=e["train"],
                 success=e["success"],
+                estimate=e["estimate"],
                 line=e["line"],
             )
         )
@@ -642,6 +661,22 @@ def _check_train(ck, train, mark, what):
                 train.value_marks.get("top_k"),
                 f"`train.top_k` of {what} ({top_k}) exceeds `experts` ({train['experts']})",
             )
+
+
+def _estimate(ck, train, success, marks, what):
+    """p and compute of a node's training run, from a fitted law (None on a problem)."""
+    from derisk.errors import DataError
+    from derisk.scaling._estimate import estimate
+
+    spec = {k: (v if k == "arch" else _number(v)) for k, v in train.items()}
+    try:
+        return estimate(spec, None if success is None else dict(success))
+    except DataError as exc:
+        where = success.value_marks.get("law") if success is not None else None
+        ck.err(where or marks.get("success") or marks.get("train"), f"{what}: {exc}")
+    except ValueError as exc:
+        ck.err(marks.get("train"), f"`train` of {what} {exc}")
+    return None
 
 
 def _check_success(ck, success, mark, what):

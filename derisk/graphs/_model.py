@@ -88,6 +88,9 @@ class Experiment:
     train: dict | None = None
     success: dict | None = None
     line: int | None = field(default=None, compare=False)
+    # where p and/or cost came from a fitted law: law, params, tokens, loss, loss_interval,
+    # p, flops (derisk.scaling.TrainEstimate as a dict)
+    estimate: dict | None = field(default=None, compare=False)
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
