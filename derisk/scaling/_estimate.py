@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from derisk.scaling._fit import FitResult
 from derisk.scaling._optimal import flops_per_token, load_law
 from derisk.scaling._predict import law_inputs
@@ -79,10 +77,7 @@ def estimate(train: dict, success: dict | None = None) -> TrainEstimate:
     if fit.law == "moe_experts" and "experts" not in train:
         raise ValueError(f"law `{name}` is an experts law: give `experts`")
     loss = float(fit.predict(inputs)[0])
-    interval = None
-    if fit.bootstrap is not None:
-        s = fit.predictive_samples(inputs)[:, 0]
-        interval = (float(np.quantile(s, 0.1)), float(np.quantile(s, 0.9)))
+    interval = fit.predictive_interval(inputs)
     p = None
     if success is not None:
         p = float(fit.prob_below(inputs, float(success["loss_below"]))[0])

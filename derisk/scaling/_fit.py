@@ -92,6 +92,15 @@ class FitResult:
             logp = logp + rng.normal(0.0, self.sigma_log, size=logp.shape)
         return np.exp(logp)
 
+    def predictive_interval(self, X: np.ndarray, level: float = 0.8):
+        """Central predictive interval (lo, hi) of the loss at the first row of X; None
+        without bootstrap samples."""
+        if self.bootstrap is None:
+            return None
+        s = self.predictive_samples(X[:1])[:, 0]
+        q = (1 - level) / 2
+        return float(np.quantile(s, q)), float(np.quantile(s, 1 - q))
+
     def prob_below(self, X: np.ndarray, threshold: float) -> np.ndarray:
         """P(loss < threshold) at each input: mean over bootstrap of the noise CDF."""
         law = LAWS[self.law]

@@ -84,11 +84,7 @@ def optimal_allocation(
         method = "numeric (exact FLOPs, attention included)"
     X = np.array([[np.log(n), np.log(d), 0.0]])
     point = float(fit.predict(X)[0])
-    interval = None
-    if fit.bootstrap is not None:
-        s = fit.predictive_samples(X)[:, 0]
-        q = (1 - level) / 2
-        interval = (float(np.quantile(s, q)), float(np.quantile(s, 1 - q)))
+    interval = fit.predictive_interval(X, level)
     return Allocation(
         flops=float(flops),
         params=float(n),

@@ -63,11 +63,7 @@ def predict_loss(
         raise ValueError("level must be in (0, 1)")
     X = law_inputs(fit.law, params, tokens, experts, granularity)
     point = float(fit.predict(X)[0])
-    interval = None
-    if fit.bootstrap is not None:
-        s = fit.predictive_samples(X)[:, 0]
-        q = (1 - level) / 2
-        interval = (float(np.quantile(s, q)), float(np.quantile(s, 1 - q)))
+    interval = fit.predictive_interval(X, level)
     seen = fit.summary or {}
     p_hi = (seen.get("params") or [params, params])[1]
     d_hi = (seen.get("tokens") or [tokens, tokens])[1]
