@@ -1166,7 +1166,7 @@ def predict(
                 (pr.params_beyond, "largest fitted model"),
                 (pr.tokens_beyond, "most fitted tokens"),
             )
-            if x > 1
+            if x > 1.1  # runs stop at whole batches: 1e7 tokens may be 9,999,360
         ]
         if beyond:
             who = "run " + label if r is not None else "this point"
