@@ -194,7 +194,9 @@ def training_setting(setting: dict[str, list[str]]) -> dict:
     for k, vals in setting.items():
         if k in ("lr", "d_model"):
             continue
-        out[k] = sorted(set(vals))
+        seen = sorted(set(vals) - {""})  # "": not applicable (a dense run's top_k)
+        if seen:
+            out[k] = seen
     if "lr" in setting and "d_model" in setting:
         try:
             scaled = [
