@@ -1055,11 +1055,10 @@ def optimal(
     out.print(f"  predicted loss {a.loss:.4f}{iv}")
 
 
-def _run_point(store, fit, ident: str) -> tuple[dict, dict]:
-    """(the run's row, its inputs to the law) for a run id in the store."""
+def _run_point(store, rows: dict, fit, ident: str) -> tuple[dict, dict]:
+    """(the run's row, its inputs to the law) for a run id in the store's `rows`."""
     from derisk.estimators import ModelConfig, param_counts
 
-    rows = {str(r["id"]): r for r in store.runs()}
     if ident not in rows:
         raise DeriskError(
             f"{store.path}: no run with id {ident}; `derisk runs` lists the ids"
@@ -1136,16 +1135,17 @@ def predict(
         )
     if run_ids:
         store = _store()
+        rows = {str(r["id"]): r for r in store.runs()}
         ids = run_ids
         if "all" in run_ids:
             arches = set(((fit.summary or {}).get("setting") or {}).get("arch") or [])
             ids = [
-                str(r["id"])
-                for r in store.runs()
+                i
+                for i, r in rows.items()
                 if r["status"] == "finished" and (not arches or r["arch"] in arches)
             ]
         for ident in ids:
-            r, inputs = _run_point(store, fit, ident)
+            r, inputs = _run_point(store, rows, fit, ident)
             points.append((ident, inputs, r["val_loss"], r))
     results, warnings = [], []
     for label, inputs, observed, r in points:
