@@ -1055,6 +1055,12 @@ def optimal(
     out.print(f"  predicted loss {a.loss:.4f}{iv}")
 
 
+def _law_n(fit, counts: dict) -> int:
+    """The parameter count a law was fitted on (total or active non-embedding)."""
+    active = fit.law == "moe_experts" or (fit.summary or {}).get("params_col") == "active_params"
+    return counts["non_embedding_active" if active else "non_embedding"]
+
+
 def _run_point(store, rows: dict, fit, ident: str) -> tuple[dict, dict]:
     """(the run's row, its inputs to the law) for a run id in the store's `rows`."""
     from derisk.estimators import ModelConfig, param_counts
@@ -1067,11 +1073,8 @@ def _run_point(store, rows: dict, fit, ident: str) -> tuple[dict, dict]:
     r = rows[ident]
     if r["status"] != "finished" or r["val_loss"] is None:
         raise DeriskError(f"run {ident} is {r['status']}, not finished: nothing to compare")
-    col = ((fit.summary or {}).get("params_col")) or "params"
-    counts = param_counts(ModelConfig(**r["model"]))
-    n = counts["non_embedding_active"] if col == "active_params" else counts["non_embedding"]
     return r, {
-        "params": n,
+        "params": _law_n(fit, param_counts(ModelConfig(**r["model"]))),
         "tokens": r["tokens"],
         "experts": r["experts"] or 1,
         "granularity": r["granularity"] or 1,
@@ -1088,7 +1091,19 @@ def predict(
         float | None, typer.Option("--params", help="Non-embedding parameters (active for MoE).")
     ] = None,
     tokens: Annotated[float | None, typer.Option("--tokens", help="Training tokens.")] = None,
-    experts: Annotated[float, typer.Option("--experts")] = 1.0,
+    d_model: Annotated[
+        int | None,
+        typer.Option(
+            "--d-model",
+            help="Instead of --params: the model `derisk train --d-model` would train "
+            "(with --arch, --n-layer, --experts).",
+        ),
+    ] = None,
+    arch: Annotated[str, typer.Option("--arch", help="dense | moe, with --d-model")] = "dense",
+    n_layer: Annotated[int, typer.Option("--n-layer", help="With --d-model.")] = 2,
+    experts: Annotated[
+        float | None, typer.Option("--experts", help="Default 1 (dense), 4 (--arch moe).")
+    ] = None,
     granularity: Annotated[float, typer.Option("--granularity")] = 1.0,
     run_ids: Annotated[
         list[str] | None,
@@ -1109,6 +1124,25 @@ def predict(
     from derisk.scaling import law_inputs, load_law, predict_loss, setting_mismatches
 
     fit = load_law(law)
+    if experts is None:
+        experts = 4.0 if arch == "moe" and d_model is not None else 1.0
+    if d_model is not None:
+        from derisk.estimators import ModelConfig, param_counts
+
+        if params is not None:
+            raise DeriskError("give --params or --d-model, not both")
+        try:
+            model = ModelConfig(
+                arch=arch,
+                d_model=d_model,
+                n_layer=n_layer,
+                n_head=1,
+                experts=int(experts),
+                top_k=1,
+            )
+        except ValueError as exc:
+            raise DeriskError(f"bad model: {exc}") from None
+        params = _law_n(fit, param_counts(model))
     if (params is None) != (tokens is None):
         raise DeriskError("give both --params and --tokens (or --run ID)")
     if params is None and not run_ids:

@@ -314,7 +314,14 @@ def test_cli_predict_matches_the_law_formula(tmp_path, monkeypatch):
     assert d["loss"] == pytest.approx(chinchilla(2e6, 1e7, p), rel=1e-9)
     assert d["interval"][0] < d["loss"] < d["interval"][1]
     assert 0 <= d["p_below"] <= 1 and d["params_beyond"] > 1
+    # --d-model: the model `derisk train --d-model 384` trains (2 layers, SwiGLU 8/3 d)
+    r = CliRunner().invoke(app, ["predict", "--d-model", "384", "--tokens", "3e6", "--json"])
+    d = 384
+    by_hand = 2 * (4 * d * d + 2 * d + 3 * d * (8 * d // 3)) + d
+    assert json.loads(r.stdout)["predictions"][0]["params"] == by_hand == 3_540_864
     for args in (
+        ["--d-model", "64", "--params", "1e5", "--tokens", "1e6"],
+        ["--d-model", "64", "--arch", "foo", "--tokens", "1e6"],
         ["--params", "1e6"],
         ["--tokens", "1e6"],
         ["--params", "-1", "--tokens", "1"],
