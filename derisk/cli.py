@@ -1085,8 +1085,11 @@ def _run_point(store, rows: dict, fit, ident: str) -> tuple[dict, dict]:
 @command
 def predict(
     law: Annotated[
-        str, typer.Option("--law", help="A saved law name or .json path.")
-    ] = "cpu-dense",
+        str | None,
+        typer.Option(
+            "--law", help="A saved law name or .json path (default: the shipped law for --arch)."
+        ),
+    ] = None,
     params: Annotated[
         float | None, typer.Option("--params", help="Non-embedding parameters (active for MoE).")
     ] = None,
@@ -1121,8 +1124,17 @@ def predict(
     """A run's loss predicted by a fitted law, with its 80% predictive interval."""
     import numpy as np
 
-    from derisk.scaling import law_inputs, load_law, predict_loss, setting_mismatches
+    from derisk.scaling import (
+        SHIPPED_LAWS,
+        law_inputs,
+        load_law,
+        predict_loss,
+        setting_mismatches,
+    )
 
+    if arch not in SHIPPED_LAWS:
+        raise DeriskError(f"--arch must be dense or moe, got {arch!r}")
+    law = law or SHIPPED_LAWS[arch]
     fit = load_law(law)
     if experts is None:
         experts = 4.0 if arch == "moe" and d_model is not None else 1.0

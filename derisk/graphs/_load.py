@@ -666,7 +666,7 @@ def _check_train(ck, train, mark, what):
 def _estimate(ck, train, success, marks, what):
     """p and compute of a node's training run, from a fitted law (None on a problem)."""
     from derisk.errors import DataError
-    from derisk.scaling._estimate import estimate
+    from derisk.scaling import estimate
 
     spec = {k: (v if k == "arch" else _number(v)) for k, v in train.items()}
     try:

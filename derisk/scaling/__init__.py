@@ -1,6 +1,7 @@
 """Scaling laws: fits with uncertainty, compute-optimal allocation, dense and MoE."""
 
 from derisk.scaling._data import RunData, load_runs_csv, run_data
+from derisk.scaling._estimate import SHIPPED_LAWS, TrainEstimate, estimate
 from derisk.scaling._fit import HUBER_DELTA, FitResult, fit_law, objective
 from derisk.scaling._laws import LAWS, LawForm
 from derisk.scaling._optimal import (
@@ -20,13 +21,16 @@ from derisk.scaling._predict import Prediction, law_inputs, predict_loss, settin
 __all__ = [
     "HUBER_DELTA",
     "LAWS",
+    "SHIPPED_LAWS",
     "Allocation",
     "FitResult",
     "IsoFlopFit",
     "LawForm",
     "Prediction",
     "RunData",
+    "TrainEstimate",
     "effective_params",
+    "estimate",
     "fit_from_json",
     "fit_law",
     "fit_to_json",

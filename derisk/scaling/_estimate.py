@@ -14,7 +14,7 @@ from derisk.scaling._fit import FitResult
 from derisk.scaling._optimal import flops_per_token, load_law
 from derisk.scaling._predict import law_inputs
 
-SHIPPED = {"dense": "cpu-dense", "moe": "cpu-moe"}  # the laws fitted to the shipped runs
+SHIPPED_LAWS = {"dense": "cpu-dense", "moe": "cpu-moe"}  # the laws fitted to the shipped runs
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def estimate(train: dict, success: dict | None = None) -> TrainEstimate:
     if "params" not in train and "active_params" not in train:
         raise ValueError("needs `params` or `active_params`")
     arch = train.get("arch", "dense")
-    name = (success or {}).get("law") or SHIPPED[arch]
+    name = (success or {}).get("law") or SHIPPED_LAWS[arch]
     fit = load_law(str(name))
     n = law_params(fit, train)
     inputs = law_inputs(
