@@ -145,11 +145,12 @@ def _amount(text: str | None, roadmap: Roadmap, what: str) -> float | None:
     return q[0]
 
 
-def _progress():
+def _progress(counter: str = "{task.completed:,}/{task.total:,} states"):
+    """A transient progress bar on stderr (off when stderr is not a terminal)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} states"),
+        TextColumn(counter),
         TimeElapsedColumn(),
         console=err,
         transient=True,
@@ -809,15 +810,7 @@ def fit(
     )
     if min_tokens > 0:
         data = data.subset(data.tokens >= min_tokens)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
+    with _progress("{task.completed}/{task.total}") as bar:
         task = bar.add_task("bootstrap", total=bootstrap)
         result = fit_law(
             data,
@@ -1057,8 +1050,9 @@ def optimal(
 
 def _law_n(fit, counts: dict) -> int:
     """The parameter count a law was fitted on (total or active non-embedding)."""
-    active = fit.law == "moe_experts" or (fit.summary or {}).get("params_col") == "active_params"
-    return counts["non_embedding_active" if active else "non_embedding"]
+    from derisk.scaling import uses_active_params
+
+    return counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
 
 
 def _run_point(store, rows: dict, fit, ident: str) -> tuple[dict, dict]:
@@ -1126,7 +1120,6 @@ def predict(
 
     from derisk.scaling import (
         SHIPPED_LAWS,
-        law_inputs,
         load_law,
         predict_loss,
         setting_mismatches,
@@ -1195,10 +1188,8 @@ def predict(
             points.append((ident, inputs, r["val_loss"], r))
     results, warnings = [], []
     for label, inputs, observed, r in points:
-        pr = predict_loss(fit, observed=observed, **inputs)
+        pr = predict_loss(fit, observed=observed, below=below, **inputs)
         d = {"run": None if r is None else r["id"], **pr.as_dict()}
-        if below is not None:
-            d["p_below"] = float(fit.prob_below(law_inputs(fit.law, **inputs), below)[0])
         if r is not None:
             setting = {**r["model"], **r["train"], "corpus_hash": r["corpus_hash"]}
             if r["arch"] == "dense":
@@ -1304,15 +1295,7 @@ def _run_one(store, model, tc, corpus, *, label: str = ""):
     _check_fits(model, tc)
     key = run_key(model, tc, corpus.digest)
     store.start(key, model, tc, corpus)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
+    with _progress("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} tok/s") as bar:
         task = bar.add_task(label or f"{model.arch} d{model.d_model}", total=1, loss=0.0, rate=0.0)
 
         def progress(i, n, loss, rate):
@@ -1376,9 +1359,9 @@ def train_cmd(
             top_k=top_k,
             granularity=granularity,
         )
-        if lr is None and d_model > 0:
+        if lr is None:  # the model above has a valid width (d_model >= 8)
             lr = lr_for_width(d_model)
-        tc = TrainConfig(tokens=int(tokens), batch_size=batch_size, lr=lr or 0.0, seed=seed)
+        tc = TrainConfig(tokens=int(tokens), batch_size=batch_size, lr=lr, seed=seed)
     except ValueError as exc:
         raise DeriskError(f"bad training config: {exc}") from None
     data = _corpus(corpus, max_bytes)

@@ -16,13 +16,13 @@ import io
 import itertools
 import json
 import math
-import os
 import sqlite3
 import time
 from pathlib import Path
 
 import yaml
 
+from derisk._paths import data_path
 from derisk.errors import DataError, DeriskError
 from derisk.estimators._model import ModelConfig, flops_per_token, param_counts
 from derisk.estimators._train import RunResult, TrainConfig
@@ -48,11 +48,8 @@ CREATE TABLE IF NOT EXISTS runs (
 
 
 def default_store() -> Path:
-    env = os.environ.get("DERISK_STORE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "derisk" / "runs.sqlite"
+    """$DERISK_STORE, else ~/.local/share/derisk/runs.sqlite (XDG_DATA_HOME respected)."""
+    return data_path("DERISK_STORE", "runs.sqlite")
 
 
 def _non_default(obj) -> dict:

@@ -16,7 +16,13 @@ from derisk.scaling._optimal import (
     load_law,
     optimal_allocation,
 )
-from derisk.scaling._predict import Prediction, law_inputs, predict_loss, setting_mismatches
+from derisk.scaling._predict import (
+    Prediction,
+    law_inputs,
+    predict_loss,
+    setting_mismatches,
+    uses_active_params,
+)
 
 __all__ = [
     "HUBER_DELTA",
@@ -45,4 +51,5 @@ __all__ = [
     "predict_loss",
     "run_data",
     "setting_mismatches",
+    "uses_active_params",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from derisk.scaling._fit import FitResult
 from derisk.scaling._optimal import flops_per_token, load_law
-from derisk.scaling._predict import law_inputs
+from derisk.scaling._predict import predict_loss, uses_active_params
 
 SHIPPED_LAWS = {"dense": "cpu-dense", "moe": "cpu-moe"}  # the laws fitted to the shipped runs
 
@@ -31,7 +31,7 @@ class TrainEstimate:
 def law_params(fit: FitResult, train: dict) -> float:
     """The parameter count this law was fitted on, from a `train:` block."""
     dense = train.get("arch", "dense") == "dense"
-    active = fit.law == "moe_experts" or (fit.summary or {}).get("params_col") == "active_params"
+    active = uses_active_params(fit)
     want = "active_params" if active else "params"
     if want in train:
         return float(train[want])
@@ -67,26 +67,22 @@ def estimate(train: dict, success: dict | None = None) -> TrainEstimate:
     name = (success or {}).get("law") or SHIPPED_LAWS[arch]
     fit = load_law(str(name))
     n = law_params(fit, train)
-    inputs = law_inputs(
-        fit.law,
+    if fit.law == "moe_experts" and "experts" not in train:
+        raise ValueError(f"law `{name}` is an experts law: give `experts`")
+    pr = predict_loss(
+        fit,
         n,
         float(train["tokens"]),
         experts=float(train.get("experts", 1)),
         granularity=float(train.get("granularity", 1)),
+        below=None if success is None else float(success["loss_below"]),
     )
-    if fit.law == "moe_experts" and "experts" not in train:
-        raise ValueError(f"law `{name}` is an experts law: give `experts`")
-    loss = float(fit.predict(inputs)[0])
-    interval = fit.predictive_interval(inputs)
-    p = None
-    if success is not None:
-        p = float(fit.prob_below(inputs, float(success["loss_below"]))[0])
     return TrainEstimate(
         law=str(name),
         params=n,
         tokens=float(train["tokens"]),
-        loss=loss,
-        loss_interval=interval,
-        p=p,
+        loss=pr.loss,
+        loss_interval=pr.interval,
+        p=pr.p_below,
         flops=training_flops(train),
     )

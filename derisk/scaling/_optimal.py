@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import optimize
 
+from derisk._paths import data_path
 from derisk.errors import DataError
 from derisk.scaling._data import RunData
 from derisk.scaling._fit import FitResult
@@ -179,11 +179,7 @@ def isoflop_fit(
 
 def laws_dir() -> Path:
     """Where fitted laws are saved: $DERISK_LAWS, else ~/.local/share/derisk/laws."""
-    env = os.environ.get("DERISK_LAWS")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "derisk" / "laws"
+    return data_path("DERISK_LAWS", "laws")
 
 
 def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:

@@ -32,6 +32,8 @@ class Prediction:
     observed: float | None = None
     quantile: float | None = None
     error: float | None = None
+    below: float | None = None  # a target loss, and the probability of beating it
+    p_below: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,7 @@ def predict_loss(
     experts: float = 1.0,
     granularity: float = 1.0,
     observed: float | None = None,
+    below: float | None = None,
     level: float = 0.8,
 ) -> Prediction:
     if not (params > 0 and tokens > 0 and experts > 0 and granularity > 0):
@@ -71,6 +74,7 @@ def predict_loss(
     if observed is not None:
         quantile = float(fit.prob_below(X, observed)[0])
         error = observed / point - 1.0
+    p_below = None if below is None else float(fit.prob_below(X, below)[0])
     return Prediction(
         params=float(params),
         tokens=float(tokens),
@@ -84,7 +88,14 @@ def predict_loss(
         observed=observed,
         quantile=quantile,
         error=error,
+        below=below,
+        p_below=p_below,
     )
+
+
+def uses_active_params(fit: FitResult) -> bool:
+    """Whether the law's N is active (not total) non-embedding parameters."""
+    return fit.law == "moe_experts" or (fit.summary or {}).get("params_col") == "active_params"
 
 
 def setting_mismatches(fit: FitResult, run: dict) -> list[str]:
