@@ -15,8 +15,10 @@ from derisk.planner import (
     SolveConfig,
     build_space,
     compile_roadmap,
+    evaluate_policy,
     simulate,
     solve,
+    start_value,
 )
 
 ROADMAPS = generated_roadmaps(200)
@@ -84,18 +86,16 @@ def test_serial_project_closed_form():
     assert _order_cost(rule, ps, cs) == pytest.approx(best)
     sol = solve(compile_roadmap(_serial(ps, cs, reward, price)))
     assert sol.root_value == pytest.approx(reward * math.prod(ps) - price * best)
-    assert sol.evaluation("least_cost")["value"][sol.space.root, -1] == pytest.approx(
-        sol.root_value
-    )
+    assert sol.root_curves("least_cost")["value"][-1] == pytest.approx(sol.root_value)
+    assert sol.start_value("least_cost").value == pytest.approx(sol.root_value)
 
 
 def test_steinhardt_rule_is_not_optimal_here():
     """a: p=.1 c=10 ranks first by log(1/p)/c (0.230 > 0.223) but second by c/(1-p).
     a first costs 10 + 0.1*1 = 10.1 in expectation; b first costs 1 + 0.8*10 = 9."""
     sol = solve(compile_roadmap(_serial([0.1, 0.8], [10.0, 1.0], 1000.0, 1.0)))
-    s, b = sol.space.root, sol.problem.start_budget
     assert sol.root_value == pytest.approx(1000 * 0.08 - 9.0)
-    stein = sol.evaluation("steinhardt")["value"][s, b]
+    stein = sol.start_value("steinhardt").value
     assert sol.root_value - stein == pytest.approx(1.1)
     assert sol.as_policy().action({}, 1000.0) == "s1"
 
@@ -103,7 +103,7 @@ def test_steinhardt_rule_is_not_optimal_here():
 def test_optimal_value_is_consistent_with_its_evaluation():
     for r in generated_roadmaps(30):
         sol = solve(compile_roadmap(r))
-        ev = sol.evaluation("optimal")
+        ev = evaluate_policy(sol.problem, sol.space, sol.policy)
         np.testing.assert_allclose(ev["value"], sol.values, atol=1e-9)
         # value = sum_k R_k P(reward k) - price x compute, at every state and level
         pr = sol.problem
@@ -111,6 +111,27 @@ def test_optimal_value_is_consistent_with_its_evaluation():
         rebuilt = rebuilt - pr.price_per_unit * ev["compute"]
         np.testing.assert_allclose(rebuilt, sol.values, atol=1e-8)
         assert ev["p_reward"].min() >= -1e-12 and ev["p_reward"].max() <= 1 + 1e-12
+
+
+def test_forward_occupancy_matches_backward_evaluation():
+    """The start state's numbers from one forward pass equal the backward tables there,
+    for the optimal policy, every heuristic and the random policy, at every level."""
+    for r in generated_roadmaps(40):
+        sol = solve(compile_roadmap(r))
+        pr, sp = sol.problem, sol.space
+        for name in ("optimal", *HEURISTICS):
+            table = sol.policy_table(name)
+            full = evaluate_policy(pr, sp, table)
+            curves = sol.root_curves(name)
+            np.testing.assert_allclose(curves["value"], full["value"][sp.root], atol=1e-9)
+            np.testing.assert_allclose(curves["p_reward"], full["p_reward"][:, sp.root], atol=1e-9)
+            for b in {0, pr.levels // 2, pr.levels}:
+                fw = start_value(pr, sp, table, level=b)
+                assert fw.value == pytest.approx(full["value"][sp.root, b], abs=1e-9), r.source
+                assert fw.compute == pytest.approx(full["compute"][sp.root, b], abs=1e-9)
+                np.testing.assert_allclose(fw.p_reward, full["p_reward"][:, sp.root, b], atol=1e-9)
+                assert np.all(fw.p_run >= -1e-12)
+                assert np.all(fw.p_run <= 1 + 1e-12)
 
 
 @settings(max_examples=25, deadline=None)
@@ -131,16 +152,16 @@ def test_properties(n, seed, hyps, stoch, anyg):
     # Without a compute price more budget never hurts (one can always leave it unspent).
     assert np.all(np.diff(curve) >= -1e-9)
     for h in HEURISTICS:
-        assert np.all(sol.evaluation(h)["value"] <= sol.values + 1e-9), h
+        ev = evaluate_policy(sol.problem, sol.space, sol.policy_table(h), channels=("value",))
+        assert np.all(ev["value"] <= sol.values + 1e-9), h
 
 
 def test_simulation_agrees_with_exact_values():
     for name in examples():
         sol = solve(compile_roadmap(load_roadmap(example_path(name))))
-        s, b = sol.space.root, sol.problem.start_budget
         for policy in ("optimal", "steinhardt", "random"):
             sim = simulate(sol, policy, episodes=20_000, seed=3)
-            exact = sol.evaluation(policy)["value"][s, b]
+            exact = sol.start_value(policy).value
             assert abs(sim.mean - exact) < 4 * sim.stderr + 1e-9, (name, policy)
 
 

@@ -12,6 +12,7 @@ from derisk.estimators._model import (
 from derisk.estimators._store import (
     RunStore,
     default_store,
+    law_point,
     load_sweep,
     run_key,
     sweep_points,
@@ -37,6 +38,7 @@ __all__ = [
     "flops_per_token",
     "forward",
     "init_params",
+    "law_point",
     "load_corpus",
     "load_sweep",
     "loss_fn",

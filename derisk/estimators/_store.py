@@ -26,6 +26,7 @@ from derisk._paths import data_path
 from derisk.errors import DataError, DeriskError
 from derisk.estimators._model import ModelConfig, flops_per_token, param_counts
 from derisk.estimators._train import RunResult, TrainConfig
+from derisk.scaling import PredictPoint, uses_active_params
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -70,17 +71,28 @@ def run_key(model: ModelConfig, tc: TrainConfig, corpus_hash: str) -> str:
 
 
 class RunStore:
-    """SQLite-backed store of training runs."""
+    """SQLite-backed store of training runs.
 
-    def __init__(self, path: str | Path):
+    `create=False` opens an existing store only (for reading: `derisk runs`, `predict
+    --run`); a missing one is a `DataError` and nothing is created on disk.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            with self.db:
-                self.db.execute(SCHEMA)
-        except sqlite3.DatabaseError as exc:
+            if create:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                with self.db:
+                    self.db.execute(SCHEMA)
+            else:
+                if not self.path.is_file():
+                    raise DataError(f"no run store at {self.path} (train or sweep first)")
+                # mode=rw: never create the file, even if it vanishes after the check
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True)
+                self.db.execute("SELECT 1 FROM runs LIMIT 1")
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise DataError(
                 f"{self.path}: not a usable run store ({exc}); pass another "
                 "--store or move this file away"
@@ -89,6 +101,11 @@ class RunStore:
 
     def close(self):
         self.db.close()
+
+    def id_of(self, key: str) -> int | None:
+        """The integer id (what `derisk predict --run ID` takes) of the run with this key."""
+        row = self.db.execute("SELECT id FROM runs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
 
     def status(self, key: str) -> str | None:
         row = self.db.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
@@ -147,6 +164,13 @@ class RunStore:
                 ),
             )
 
+    def get(self, run_id: int | str) -> dict:
+        """One run by id; `DataError` naming the store when there is none."""
+        for r in self.runs():
+            if str(r["id"]) == str(run_id):
+                return r
+        raise DataError(f"{self.path}: no run with id {run_id}; `derisk runs` lists the ids")
+
     def runs(self) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
         out = []
@@ -190,6 +214,26 @@ class RunStore:
                 + [r["corpus_hash"]]
             )
         return buf.getvalue()
+
+
+def law_point(run: dict, fit) -> PredictPoint:
+    """A finished stored run as a point on a fitted law's axes (N as the law counts it:
+    total or active non-embedding parameters), with its measured loss and setting."""
+    if run["status"] != "finished" or run["val_loss"] is None:
+        raise DataError(f"run {run['id']} is {run['status']}, not finished: nothing to compare")
+    counts = param_counts(ModelConfig(**run["model"]))
+    setting = {**run["model"], **run["train"], "corpus_hash": run["corpus_hash"]}
+    if run["arch"] == "dense":
+        setting.pop("top_k", None)  # no router
+    return PredictPoint(
+        params=counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"],
+        tokens=run["tokens"],
+        experts=run["experts"] or 1,
+        granularity=run["granularity"] or 1,
+        run=int(run["id"]),
+        observed=run["val_loss"],
+        setting=setting,
+    )
 
 
 # ----------------------------------------------------------------------------- sweeps

@@ -1,6 +1,7 @@
 """The planning MDP: compile a roadmap, enumerate states, solve, evaluate, simulate."""
 
-from derisk.planner._exact import evaluate_policy, rewarded_nodes
+from derisk.planner._evaluate import StartValue, evaluate_policy, rewarded_nodes, start_value
+from derisk.planner._explain import Explanation, explain, hypothesis_posteriors
 from derisk.planner._heuristics import HEURISTICS, heuristic_policy, heuristic_scores
 from derisk.planner._problem import (
     DEAD,
@@ -11,7 +12,20 @@ from derisk.planner._problem import (
     compile_roadmap,
 )
 from derisk.planner._report import PlanReport, WhatIf, plan_report, policy_tree, whatif_report
-from derisk.planner._simulate import SimulationResult, simulate
+from derisk.planner._sensitivity import (
+    Parameter,
+    Sensitivity,
+    evpi,
+    sensitivity,
+    sensitivity_steps,
+)
+from derisk.planner._simulate import (
+    PolicyCheck,
+    SimulationCheck,
+    SimulationResult,
+    check_simulation,
+    simulate,
+)
 from derisk.planner._solve import (
     SOLVERS,
     Policy,
@@ -23,6 +37,14 @@ from derisk.planner._solve import (
 from derisk.planner._states import StateSpace, enumerate_states, estimate_bytes
 
 __all__ = [
+    "Explanation",
+    "Parameter",
+    "Sensitivity",
+    "evpi",
+    "explain",
+    "hypothesis_posteriors",
+    "sensitivity",
+    "sensitivity_steps",
     "DEAD",
     "FAILED",
     "HEURISTICS",
@@ -32,12 +54,16 @@ __all__ = [
     "PlanReport",
     "PlanningProblem",
     "Policy",
+    "PolicyCheck",
+    "SimulationCheck",
     "SimulationResult",
     "Solution",
     "SolveConfig",
+    "StartValue",
     "StateSpace",
     "WhatIf",
     "build_space",
+    "check_simulation",
     "compile_roadmap",
     "enumerate_states",
     "estimate_bytes",
@@ -49,5 +75,6 @@ __all__ = [
     "rewarded_nodes",
     "simulate",
     "solve",
+    "start_value",
     "whatif_report",
 ]

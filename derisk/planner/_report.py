@@ -27,7 +27,7 @@ class PlanReport:
 def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
     pr, sp = solution.problem, solution.space
     s, b = sp.root, pr.start_budget
-    ev = solution.evaluation("optimal")
+    ev = solution.start_value("optimal")
     value = float(solution.values[s, b])
     q = solution.q_values()
     actions = []
@@ -42,19 +42,21 @@ def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
                 "regret": value - float(q[i]),
             }
         )
-    actions.sort(key=lambda a: -a["q"])
+    pick = int(solution.policy[s, b])
+    chosen = None if pick < 0 else pr.ids[pick]
+    actions.sort(key=lambda x: (x["id"] != chosen, -x["q"]))  # the pick first, even on a tie
     heur = {}
     for name in HEURISTICS:
         table = solution.policy_table(name)
-        hv = float(solution.evaluation(name)["value"][s, b])
+        hv = solution.start_value(name).value
         pick = None if table is None else (None if table[s, b] < 0 else pr.ids[table[s, b]])
         heur[name] = {"pick": pick, "value": hv, "regret": value - hv}
     a = int(solution.policy[s, b])
     return PlanReport(
         next=None if a < 0 else pr.ids[a],
         value=value,
-        expected_compute=float(ev["compute"][s, b] * pr.resolution),
-        p_reward={pr.ids[j]: float(ev["p_reward"][k, s, b]) for k, j in enumerate(ev["rewarded"])},
+        expected_compute=ev.compute * pr.resolution,
+        p_reward={pr.ids[j]: float(ev.p_reward[k]) for k, j in enumerate(ev.rewarded)},
         actions=actions,
         heuristics=heur,
         tree=policy_tree(solution, s, b, depth),
@@ -68,8 +70,9 @@ def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
     """The optimal policy's first `depth` decisions as a nested dict.
 
     Each decision lists its outcomes (success, failure, and overrun when the budget may
-    be cut off) with their probabilities; with a stochastic cost the branch follows the
-    most likely cost level.
+    be cut off) with their probabilities. After a stochastic-cost experiment the budget
+    left is a distribution: the child shows its median (`budget_left`, where the tree
+    continues) and its range (`budget_left_range`).
     """
     pr, sp = solution.problem, solution.space
     a = int(solution.policy[s, b])
@@ -90,24 +93,27 @@ def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
     cu, cq = pr.cost_units[a], pr.cost_probs[a]
     fits = cu <= b
     p_fit = float(cq[fits].sum())
-    c = int(cu[fits][np.argmax(cq[fits])]) if fits.any() else 0
+    if fits.any():
+        left, w = b - cu[fits], cq[fits] / p_fit
+        order = np.argsort(left)
+        median = int(left[order][np.searchsorted(np.cumsum(w[order]), 0.5 - 1e-12)])
+        span = [float(left.min() * pr.resolution), float(left.max() * pr.resolution)]
+    else:
+        median, span = 0, [0.0, 0.0]
     p = float(sp.p[s, a])
     branches = [
-        ("success", p * p_fit, sp.succ_s[s, a], b - c),
-        ("failure", (1 - p) * p_fit, sp.succ_f[s, a], b - c),
+        ("success", p * p_fit, sp.succ_s[s, a], median),
+        ("failure", (1 - p) * p_fit, sp.succ_f[s, a], median),
     ]
     if p_fit < 1:
         branches.append(("overrun", 1 - p_fit, sp.succ_d[s, a], 0))
     for label, prob, nxt, nb in branches:
         if prob <= 0:
             continue
-        node["outcomes"].append(
-            {
-                "outcome": label,
-                "prob": prob,
-                "next": policy_tree(solution, int(nxt), int(nb), depth - 1),
-            }
-        )
+        child = policy_tree(solution, int(nxt), int(nb), depth - 1)
+        if label != "overrun":
+            child["budget_left_range"] = span
+        node["outcomes"].append({"outcome": label, "prob": prob, "next": child})
     return node
 
 
@@ -128,7 +134,7 @@ def whatif_report(solution: Solution, lo: float, hi: float) -> WhatIf:
     levels = np.arange(pr.levels + 1)
     budgets = levels * pr.resolution
     keep = (budgets >= lo - 1e-9) & (budgets <= hi + 1e-9)
-    ev = solution.evaluation("optimal")
+    ev = solution.root_curves("optimal")
     value = solution.values[sp.root][keep]
     first_idx = solution.policy[sp.root][keep]
     first = [None if a < 0 else pr.ids[a] for a in first_idx]
@@ -137,10 +143,8 @@ def whatif_report(solution: Solution, lo: float, hi: float) -> WhatIf:
     return WhatIf(
         budgets=budgets[keep],
         value=value,
-        p_reward={
-            pr.ids[j]: ev["p_reward"][k, sp.root][keep] for k, j in enumerate(ev["rewarded"])
-        },
-        expected_compute=ev["compute"][sp.root][keep] * pr.resolution,
+        p_reward={pr.ids[j]: ev["p_reward"][k][keep] for k, j in enumerate(ev["rewarded"])},
+        expected_compute=ev["compute"][keep] * pr.resolution,
         first=first,
         changes=changes,
         marginal=marginal,

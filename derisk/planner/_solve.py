@@ -8,10 +8,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from derisk.errors import SolverError
-from derisk.planner._exact import evaluate_policy, rewarded_nodes, solve_exact
+from derisk.planner._evaluate import StartValue, evaluate_policy, rewarded_nodes, start_value
+from derisk.planner._exact import solve_exact
 from derisk.planner._heuristics import HEURISTICS, heuristic_policy
 from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED, PlanningProblem
-from derisk.planner._states import StateSpace, canonicalize, encode, enumerate_states
+from derisk.planner._states import (
+    StateSpace,
+    canonicalize,
+    encode,
+    enumerate_states,
+    resident_bytes,
+)
 
 SOLVERS = ("exact", "jax", "mdptoolbox")
 
@@ -77,12 +84,33 @@ class Solution:
                 out[i] = q
         return out
 
-    def evaluation(self, policy: str = "optimal") -> dict:
-        """Exact value / compute / p_reward tables of the optimal policy or a heuristic."""
-        if policy not in self._eval_cache:
+    def start_value(self, policy: str = "optimal") -> StartValue:
+        """Exact value, compute, P(reward) and P(run) of a policy from the planning start.
+
+        One forward pass of the start state's occupancy (cached per policy).
+        """
+        key = ("start", policy)
+        if key not in self._eval_cache:
             table = self.policy_table(policy)
-            self._eval_cache[policy] = evaluate_policy(self.problem, self.space, table)
-        return self._eval_cache[policy]
+            self._eval_cache[key] = start_value(self.problem, self.space, table)
+        return self._eval_cache[key]
+
+    def root_curves(self, policy: str = "optimal") -> dict:
+        """(L,) value, compute and (K, L) P(reward) of a policy from the start state,
+        for every budget level (backward passes, one (S, L) array at a time)."""
+        key = ("curves", policy)
+        if key not in self._eval_cache:
+            table = self.policy_table(policy)
+            channels = ("compute", "p_reward")
+            if policy != "optimal":  # the optimal policy's value is the solution itself
+                channels = ("value", *channels)
+            ev = evaluate_policy(
+                self.problem, self.space, table, state=self.space.root, channels=channels
+            )
+            if policy == "optimal":
+                ev["value"] = self.values[self.space.root].copy()
+            self._eval_cache[key] = ev
+        return self._eval_cache[key]
 
     def policy_table(self, policy: str = "optimal") -> np.ndarray | None:
         """(S, L) int8 table of a policy (None for "random"), built once per solution."""
@@ -131,9 +159,21 @@ class Policy:
 
 
 def build_space(problem: PlanningProblem, config: SolveConfig = SolveConfig()) -> StateSpace:
-    """Count (and keep) the reachable states, refusing past the configured limits."""
+    """Count (and keep) the reachable states, refusing past the configured limits.
+
+    The memory limit is for the whole process: what it already holds (the interpreter,
+    numpy, the roadmap) is taken off before the planner's arrays are counted.
+    """
+    if not (np.isfinite(config.max_memory_gb) and config.max_memory_gb > 0):
+        raise SolverError(f"max_memory_gb must be a positive number, got {config.max_memory_gb}")
+    if config.max_states < 1:
+        raise SolverError(f"max_states must be at least 1, got {config.max_states}")
+    limit = int(config.max_memory_gb * 2**30)
     return enumerate_states(
-        problem, max_states=config.max_states, max_bytes=int(config.max_memory_gb * 2**30)
+        problem,
+        max_states=config.max_states,
+        max_bytes=limit - resident_bytes(),
+        limit_bytes=limit,
     )
 
 

@@ -179,21 +179,64 @@ class StateSpace:
         return [g for g in np.split(order, np.cumsum(counts)[:-1]) if len(g)]
 
 
+# Bytes per (state, budget level) at the peak of any command: the optimal values (8) and
+# policy (1); one evaluation or occupancy array (8); the four heuristic policy tables
+# (4); a second solve's values and policy while sensitivity or EVPI re-solves (9).
+BYTES_PER_STATE_LEVEL = 30
+# Bytes per (state, experiment): avail, status (1 each), posterior p (8), three
+# successor indices (24), and the heuristic scores built per table (8).
+BYTES_PER_STATE_NODE = 42
+OVERHEAD_BYTES = 64 * 2**20  # block temporaries of the backups (a few MB each) and slack
+
+
 def estimate_bytes(states: int, levels: int, n: int) -> int:
-    """Peak memory of an exact solve: values, policy, transitions and temporaries."""
-    per_state = (levels + 1) * (8 + 1) + n * (1 + 1 + 8 + 3 * 8)
-    return states * per_state + 64 * 2**20
+    """Peak memory of the arrays any planning command holds, for `levels` + 1 levels."""
+    per_state = (levels + 1) * BYTES_PER_STATE_LEVEL + n * BYTES_PER_STATE_NODE
+    return states * per_state + OVERHEAD_BYTES
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (0 where the platform does not say)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def enumerate_states(
-    problem: PlanningProblem, *, max_states: int = 2_000_000, max_bytes: int = 8 * 2**30
+    problem: PlanningProblem,
+    *,
+    max_states: int = 2_000_000,
+    max_bytes: int = 8 * 2**30,
+    limit_bytes: int | None = None,
 ) -> StateSpace:
     """Enumerate reachable canonical states layer by layer (vectorised).
 
     Raises `ProblemTooLarge` as soon as the count passes `max_states` or the memory
-    estimate passes `max_bytes`, before anything large is allocated.
+    estimate passes `max_bytes`, before anything large is allocated (and before
+    enumerating at all when one state's budget levels alone are over). `limit_bytes`
+    is the user's limit, when `max_bytes` is what is left of it, for the message.
     """
     n = problem.n
+
+    def too_large(total: int, need: int) -> ProblemTooLarge:
+        held = (limit_bytes or max_bytes) - max_bytes
+        used = f"; this process already holds {held / 2**30:.2f} GiB" if held > 0 else ""
+        return ProblemTooLarge(
+            f"at least {total:,} reachable states x {problem.levels + 1:,} budget levels "
+            f"need ~{need / 2**30:.2f} GiB, over the limit of {max_states:,} states / "
+            f"{(limit_bytes or max_bytes) / 2**30:.2f} GiB{used}",
+            states=total,
+            levels=problem.levels + 1,
+            bytes_needed=need,
+        )
+
+    if estimate_bytes(1, problem.levels, n) > max_bytes:
+        raise too_large(1, estimate_bytes(1, problem.levels, n))
     start = canonicalize(problem, problem.start_status[None, :])
     stochastic = np.array([len(c) > 1 for c in problem.cost_units])
     pending: dict[int, list[np.ndarray]] = {}
@@ -211,14 +254,7 @@ def enumerate_states(
         total += len(codes)
         need = estimate_bytes(total, problem.levels, n)
         if total > max_states or need > max_bytes:
-            raise ProblemTooLarge(
-                f"at least {total:,} reachable states x {problem.levels + 1} budget levels "
-                f"(~{need / 2**30:.1f} GiB), over the limit of {max_states:,} states / "
-                f"{max_bytes / 2**30:.1f} GiB",
-                states=total,
-                levels=problem.levels + 1,
-                bytes_needed=need,
-            )
+            raise too_large(total, need)
         status = decode(codes, n)
         av = available(problem, status)
         layer_trans = []

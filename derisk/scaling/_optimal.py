@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,3 +254,112 @@ def load_law(name_or_path: str) -> FitResult:
         return fit_from_json(json.loads(p.read_text()), str(p))
     except json.JSONDecodeError as exc:
         raise DataError(f"{p}: corrupt law file ({exc.msg}); refit it") from None
+
+
+def law_path(name_or_path: str | Path) -> Path:
+    """Where `save_law` writes: a `.json` path as given, else `laws_dir()/NAME.json`."""
+    text = str(name_or_path)
+    return Path(text) if text.endswith(".json") else laws_dir() / f"{text}.json"
+
+
+def check_law_destination(name_or_path: str | Path) -> Path:
+    """The path `save_law` would write, after making sure it can be written.
+
+    Creates the folder if needed and writes (then removes) a probe file in it, so a bad
+    destination fails before a long fit rather than after it.
+    """
+    dest = law_path(name_or_path)
+    if dest.is_dir():
+        raise DataError(f"cannot save a law to {dest}: it is a folder")
+    folder = dest.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError(f"cannot save a law to {dest}: {folder} is a file, not a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dest.parent):
+            pass
+    except OSError as exc:
+        raise DataError(
+            f"cannot save a law to {dest}: {exc.strerror or exc}; choose a writable "
+            "folder (or set DERISK_LAWS)"
+        ) from None
+    return dest
+
+
+def _plain(x):
+    """JSON-ready copy: numpy scalars and arrays as Python numbers, NaN/inf as None."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [_plain(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def save_law(fit: FitResult, name_or_path: str | Path, provenance: dict | None = None) -> Path:
+    """Write a fitted law as JSON (atomically) where `load_law(name_or_path)` finds it.
+
+    >>> # save_law(fit_law(data), "mylaw")  ->  ~/.local/share/derisk/laws/mylaw.json
+    """
+    dest = check_law_destination(name_or_path)
+    text = json.dumps(_plain(fit_to_json(fit, provenance=provenance)), indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """The compute-optimal loss of a dense law against compute, with its predictive band."""
+
+    flops: np.ndarray  # (K,)
+    loss: np.ndarray  # (K,)
+    lo: np.ndarray  # (K,) lower end of the `level` predictive interval
+    hi: np.ndarray  # (K,)
+
+
+def loss_frontier(
+    fit: FitResult, flops_lo: float, flops_hi: float, *, points: int = 40
+) -> Frontier:
+    """`optimal_allocation`'s loss on a log grid of compute from flops_lo to flops_hi."""
+    grid = np.geomspace(flops_lo, flops_hi, points)
+    mid, lo, hi = [], [], []
+    for c in grid:
+        a = optimal_allocation(fit, float(c))
+        mid.append(a.loss)
+        lo.append(a.loss_interval[0] if a.loss_interval else a.loss)
+        hi.append(a.loss_interval[1] if a.loss_interval else a.loss)
+    return Frontier(flops=grid, loss=np.array(mid), lo=np.array(lo), hi=np.array(hi))
+
+
+def fit_diagnostics(fit: FitResult, data: RunData) -> dict:
+    """What `derisk fit` adds to a fit: approach-2 exponents when the runs form IsoFLOP
+    slices (`isoflop`), and for MoE laws the dense size the largest MoE is worth
+    (`effective_params`)."""
+    extra: dict = {}
+    try:
+        iso = isoflop_fit(data)
+        extra["isoflop"] = {"budgets": iso.budgets, "n_opt": iso.n_opt, "a": iso.a, "b": iso.b}
+    except DataError:
+        pass
+    if fit.law in ("moe", "moe_experts"):
+        x, g = float(data.experts.max()), float(data.granularity.max())
+        n = float(np.median(data.params))
+        extra["effective_params"] = {
+            "experts": x,
+            "granularity": g,
+            "params": n,
+            "multiplier": effective_params(fit, n, experts=x, granularity=g) / n,
+        }
+    return extra

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from derisk.errors import DeriskWarning
 from derisk.scaling._fit import FitResult
 from derisk.scaling._laws import LAWS
 
@@ -120,3 +123,98 @@ def setting_mismatches(fit: FitResult, run: dict) -> list[str]:
                 f"lr = {lo_hi[0]:.3g} / d_model)"
             )
     return out
+
+
+# Runs stop at whole batches, so a run asked for 1e7 tokens may train on 9,999,360: only
+# a point this far past the largest fitted one counts as extrapolating.
+EXTRAPOLATION_SLACK = 1.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictPoint:
+    """One point to predict: given by hand (`run` None) or a stored run with its loss."""
+
+    params: float
+    tokens: float
+    experts: float = 1.0
+    granularity: float = 1.0
+    run: int | None = None  # the run store's id
+    observed: float | None = None  # the run's measured loss
+    setting: dict | None = None  # how the run was trained, to compare with the law's runs
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Predictions for several points, what to be wary of, and how the measured ones did.
+
+    `setting_differs[i]` lists how point i's training setting differs from the law's runs;
+    `warnings` holds every caution (also issued as `DeriskWarning`); `summary` scores the
+    points with a measured loss: `runs`, `inside_80` (how many fall in the 80% band) and
+    `mean_abs_error` (relative), or is empty when none has one.
+    """
+
+    predictions: tuple[Prediction, ...]
+    points: tuple[PredictPoint, ...]
+    setting_differs: tuple[tuple[str, ...], ...]
+    warnings: tuple[str, ...]
+    summary: dict = field(default_factory=dict)
+
+    def as_dicts(self) -> list[dict]:
+        out = []
+        for pt, pr, diff in zip(self.points, self.predictions, self.setting_differs, strict=True):
+            d = {"run": pt.run, **pr.as_dict()}
+            if pt.setting is not None:
+                d["setting_differs"] = list(diff)
+            out.append(d)
+        return out
+
+
+def predict_points(
+    fit: FitResult, points: Sequence[PredictPoint], *, below: float | None = None
+) -> Forecast:
+    """`predict_loss` at every point, warning (`DeriskWarning`) when a run was trained
+    differently from the law's runs or a point lies beyond the largest fitted model or
+    token count (by more than `EXTRAPOLATION_SLACK`)."""
+    preds, diffs, cautions = [], [], []
+    for pt in points:
+        pr = predict_loss(
+            fit,
+            pt.params,
+            pt.tokens,
+            experts=pt.experts,
+            granularity=pt.granularity,
+            observed=pt.observed,
+            below=below,
+        )
+        who = "this point" if pt.run is None else f"run {pt.run}"
+        diff = tuple(setting_mismatches(fit, pt.setting)) if pt.setting is not None else ()
+        cautions += [f"{who} was trained with {m}: the law may not apply" for m in diff]
+        beyond = [
+            f"{x:.1f}x the {what}"
+            for x, what in (
+                (pr.params_beyond, "largest fitted model"),
+                (pr.tokens_beyond, "most fitted tokens"),
+            )
+            if x > EXTRAPOLATION_SLACK
+        ]
+        if beyond:
+            cautions.append(f"{who} extrapolates to {' and '.join(beyond)}")
+        preds.append(pr)
+        diffs.append(diff)
+    for message in cautions:
+        warnings.warn(message, DeriskWarning, stacklevel=2)
+    scored = [p for p in preds if p.quantile is not None]
+    summary = {}
+    if scored:
+        summary = {
+            "runs": len(scored),
+            "inside_80": sum(0.1 <= p.quantile <= 0.9 for p in scored),
+            "mean_abs_error": float(np.mean([abs(p.error) for p in scored])),
+        }
+    return Forecast(
+        predictions=tuple(preds),
+        points=tuple(points),
+        setting_differs=tuple(diffs),
+        warnings=tuple(cautions),
+        summary=summary,
+    )

@@ -1,0 +1,5 @@
+"""`python -m derisk.cli`: the same as the `derisk` command."""
+
+from derisk.cli import main
+
+main()

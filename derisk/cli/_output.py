@@ -1,0 +1,159 @@
+"""Everything the commands share about output: consoles, the JSON writer, the error choke
+point, warnings, progress bars and the one number formatter.
+
+Results go to stdout (JSON with --json, else rich text); progress, warnings and errors go
+to stderr, so `--json` output always parses.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import warnings
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from derisk.errors import DeriskError, DeriskWarning, RoadmapError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+# Global options (set by the app's callback, wherever they were given on the line).
+state: dict = {"debug": False, "store": None}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def jsonable(x):
+    """A JSON-ready copy: numpy scalars and arrays as Python values, NaN/inf as None."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.integer | np.bool_):
+        return x.item()
+    if isinstance(x, float | np.floating):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return x
+
+
+def emit(result: dict) -> None:
+    """The one JSON writer: stdout, fixed settings, NaN/inf as null."""
+    sys.stdout.write(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- errors and warnings
+
+
+def report(exc: DeriskError) -> None:
+    """One red line per problem on stderr (text escaped: it may hold brackets)."""
+    lines = [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]
+    for line in lines:
+        err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+
+
+def warn(message) -> None:
+    err.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True, highlight=False)
+
+
+def command(fn):
+    """Run a command body: DeriskWarnings to stderr (also with --json), user errors as red
+    lines and exit 2 (--debug re-raises them with their traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DeriskWarning)
+            try:
+                return fn(*args, **kwargs)
+            except DeriskError as exc:
+                if state["debug"]:
+                    raise
+                report(exc)
+                raise typer.Exit(2) from None
+            finally:
+                seen = set()
+                for w in caught:
+                    if issubclass(w.category, DeriskWarning) and str(w.message) not in seen:
+                        seen.add(str(w.message))
+                        warn(w.message)
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- progress and charts
+
+
+def progress(counter: str = "{task.completed:,}/{task.total:,} states") -> Progress:
+    """A transient progress bar on stderr (off when stderr is not a terminal)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn(counter),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def print_chart(plt) -> None:
+    """A plotext figure to stdout, plain when stdout is not a colour terminal."""
+    plt.plotsize(min(100, out.width), 20)
+    text = plt.build()
+    if not out.is_terminal or out.no_color:
+        text = plt.uncolorize(text)
+    # Straight to stdout: rich would re-wrap the chart's lines.
+    out.file.write(text + "\n")
+    out.file.flush()
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def fmt(x: float | None, unit: str = "", *, p: bool = False) -> str:
+    """The one way numbers are printed.
+
+    - probabilities (`p=True`): three decimals, `0.412`;
+    - 100 <= |x| < 1e9: whole numbers with thousands separators, `50,000`, `9,910`;
+    - 1e-3 <= |x| < 100: four significant digits, `12.35`, `0.0413`;
+    - |x| >= 1e9 or 0 < |x| < 1e-3: scientific with three digits, `3.2e21`, `4.5e-5`;
+    - None, NaN and inf: `-`. The unit label, if any, follows after a space.
+
+    >>> fmt(50_000, "GPU-h"), fmt(3.2e21, "FLOP"), fmt(0.41234, p=True)
+    ('50,000 GPU-h', '3.2e21 FLOP', '0.412')
+    """
+    if x is None:
+        return "-"
+    x = float(x)
+    if not math.isfinite(x):
+        return "-"
+    if p:
+        return f"{x:.3f}"
+    if abs(x) < 1e-9:  # float noise from sums of equal paths
+        x = 0.0
+    ax = abs(x)
+    if ax == 0:
+        s = "0"
+    elif ax >= 1e9 or ax < 1e-3:
+        mant, exp = f"{x:.2e}".split("e")
+        s = f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+    elif ax >= 100:
+        s = f"{x:,.0f}"
+    else:
+        s = f"{x:.4g}"
+    return f"{s} {unit}".strip()

@@ -1,0 +1,404 @@
+"""Scaling-law commands: fit, optimal, predict."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from derisk.cli._output import JsonOpt, command, emit, fmt, out, print_chart, progress
+from derisk.errors import DeriskError
+
+# ---------------------------------------------------------------- fit
+
+
+@command
+def fit(
+    file: Annotated[
+        Path, typer.Argument(help="CSV with params, tokens, loss (+ experts, granularity).")
+    ],
+    law: Annotated[
+        str, typer.Option("--law", help="chinchilla | moe (granularity) | moe_experts")
+    ] = "chinchilla",
+    bootstrap: Annotated[
+        int, typer.Option("--bootstrap", help="Refits on resampled runs for intervals (0 = none).")
+    ] = 100,
+    starts: Annotated[
+        int,
+        typer.Option(
+            "--starts", help="L-BFGS starts (the best points of the initialisation grid)."
+        ),
+    ] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    params_col: Annotated[str, typer.Option("--params-col")] = "params",
+    tokens_col: Annotated[str, typer.Option("--tokens-col")] = "tokens",
+    loss_col: Annotated[str, typer.Option("--loss-col")] = "loss",
+    experts_col: Annotated[str, typer.Option("--experts-col")] = "experts",
+    granularity_col: Annotated[str, typer.Option("--granularity-col")] = "granularity",
+    fix_e: Annotated[
+        float | None,
+        typer.Option(
+            "--fix-E",
+            help="Hold the irreducible loss E at this value (e.g. the "
+            "dense fit's, when fitting MoE runs on the same data).",
+        ),
+    ] = None,
+    min_tokens: Annotated[
+        float,
+        typer.Option(
+            "--min-tokens",
+            help="Leave out runs with fewer training tokens "
+            "(very short runs measure warm-up, not scaling).",
+        ),
+    ] = 0,
+    save: Annotated[
+        str | None,
+        typer.Option("--save", help="Save the law under this name (or to this .json path)."),
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option("--png", help="Also save a matplotlib figure.")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Fit a scaling law (Hoffmann et al. approach 3) with bootstrap intervals."""
+    from derisk.errors import DataError
+    from derisk.figures import fit_figure
+    from derisk.scaling import (
+        LAWS,
+        check_law_destination,
+        fit_diagnostics,
+        fit_law,
+        load_runs_csv,
+        save_law,
+    )
+
+    if law not in LAWS:
+        raise DeriskError(f"--law must be one of {', '.join(LAWS)}, got {law!r}")
+    if bootstrap < 0 or starts < 1:
+        raise DeriskError("--bootstrap must be >= 0 and --starts >= 1")
+    if fix_e is not None and not fix_e > 0:
+        raise DeriskError(f"--fix-E must be a positive loss, got {fix_e}")
+    if save:  # fail now, not after the fit
+        try:
+            check_law_destination(save)
+        except DataError as exc:
+            raise DeriskError(f"--save {save}: {exc}") from None
+    data = load_runs_csv(
+        file,
+        columns={
+            "params": params_col,
+            "tokens": tokens_col,
+            "loss": loss_col,
+            "experts": experts_col,
+            "granularity": granularity_col,
+        },
+    )
+    if min_tokens > 0:
+        data = data.subset(data.tokens >= min_tokens)
+    with progress("{task.completed}/{task.total}") as bar:
+        task = bar.add_task("bootstrap", total=bootstrap)
+        result = fit_law(
+            data,
+            law,
+            fix_E=fix_e,
+            starts=starts,
+            bootstrap=bootstrap,
+            seed=seed,
+            progress=lambda k: bar.advance(task, k),
+        )
+    # what `derisk predict --run` needs to put a stored run on this law's axes
+    result.summary.update(params_col=params_col, min_tokens=min_tokens)
+    intervals = result.intervals()
+    extra = fit_diagnostics(result, data)
+    saved = None
+    if save:
+        provenance = {"file": str(file), "law": law, "bootstrap": bootstrap, "seed": seed}
+        try:
+            saved = str(save_law(result, save, provenance))
+        except (DataError, OSError) as exc:
+            raise DeriskError(f"--save {save}: {exc}") from None
+    if png is not None:
+        fit_figure(result, data, png)
+    if as_json:
+        emit(
+            {
+                **result.params,
+                "law": law,
+                "intervals": intervals,
+                "loss": result.loss,
+                "rmse_log": result.rmse_log,
+                "sigma_log": result.sigma_log,
+                "runs": result.n,
+                "starts": result.starts,
+                "starts_at_optimum": result.starts_at_optimum,
+                "success": result.success,
+                "seconds": result.seconds,
+                "saved": saved,
+                **extra,
+            }
+        )
+        return
+    out.print(
+        f"[bold]{law}[/] fit to {result.n} runs from {escape(str(file))} in "
+        f"{result.seconds:.2f}s: {result.starts_at_optimum}/{result.starts} L-BFGS starts "
+        f"reached the optimum (Huber objective {fmt(result.loss)})"
+    )
+    t = Table()
+    for col in ("parameter", "value", "80% interval"):
+        t.add_column(col, justify="right")
+    for k, v in result.params.items():
+        iv = intervals.get(k)
+        t.add_row(k, fmt(v), f"{fmt(iv[0])} - {fmt(iv[1])}" if iv else "-")
+    out.print(t)
+    if "isoflop" in extra:
+        iso = extra["isoflop"]
+        out.print(
+            f"IsoFLOP slices (approach 2, {len(iso['budgets'])} budgets): N_opt ~ "
+            f"C^{iso['a']:.3f}, D_opt ~ C^{iso['b']:.3f}"
+        )
+    if "effective_params" in extra:
+        e = extra["effective_params"]
+        out.print(
+            f"An MoE with {fmt(e['experts'])} experts / granularity {fmt(e['granularity'])} "
+            f"is worth a dense model {e['multiplier']:.2f}x larger"
+        )
+    out.print(
+        f"log-loss residuals: RMS {result.rmse_log:.4f}, robust noise sigma "
+        f"{result.sigma_log:.4f}" + (f"; saved to {escape(saved)}" if saved else "")
+    )
+    _fit_chart(result, data)
+    if png is not None:
+        out.print(f"figure saved to {escape(str(png))}")
+
+
+def _fit_chart(result, data) -> None:
+    import plotext as plt
+
+    from derisk.scaling import law_inputs, loss_frontier
+
+    plt.clear_figure()
+    flops = 6 * data.params * data.tokens
+    plt.scatter(np.log10(flops).tolist(), data.loss.tolist(), label="runs", marker="dot")
+    if result.law == "chinchilla":
+        f = loss_frontier(result, float(flops.min()), float(flops.max()) * 10)
+        x = np.log10(f.flops).tolist()
+        plt.plot(x, f.loss.tolist(), label="compute-optimal fit")
+        plt.plot(x, f.lo.tolist(), label="80% band")
+        plt.plot(x, f.hi.tolist())
+    else:
+        X = law_inputs(result.law, data.params, data.tokens, data.experts, data.granularity)
+        pred = result.predict(X)
+        plt.scatter(np.log10(flops).tolist(), pred.tolist(), label="fit at each run", marker="x")
+    plt.xlabel("log10 training FLOPs (6ND)")
+    plt.ylabel("loss")
+    print_chart(plt)
+
+
+# ---------------------------------------------------------------- optimal
+
+
+@command
+def optimal(
+    flops: Annotated[str, typer.Option("--flops", help="Training compute, e.g. 1e21.")],
+    law: Annotated[
+        str, typer.Option("--law", help="A saved law name or .json path.")
+    ] = "chinchilla",
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact", help="Count attention FLOPs (numeric) instead of C = 6ND (closed form)."
+        ),
+    ] = False,
+    seq_len: Annotated[int, typer.Option("--seq-len")] = 2048,
+    as_json: JsonOpt = False,
+):
+    """Compute-optimal model size and tokens for a FLOP budget, from a fitted law."""
+    from derisk.scaling import load_law, optimal_allocation
+
+    try:
+        c = float(flops)
+    except ValueError:
+        raise DeriskError(f"--flops must be a number like 1e21, got {flops!r}") from None
+    if not (math.isfinite(c) and c > 0):
+        raise DeriskError(f"--flops must be positive, got {flops!r}")
+    result = load_law(law)
+    if result.law != "chinchilla":
+        raise DeriskError(
+            f"--law {law}: a {result.law} law; compute-optimal allocation "
+            "needs a dense (chinchilla) law"
+        )
+    a = optimal_allocation(result, c, exact=exact, seq_len=seq_len)
+    if as_json:
+        emit(
+            {
+                "flops": a.flops,
+                "params": a.params,
+                "tokens": a.tokens,
+                "tokens_per_param": a.tokens_per_param,
+                "loss": a.loss,
+                "loss_interval": a.loss_interval,
+                "method": a.method,
+                "law": law,
+            }
+        )
+        return
+    out.print(f"C = {fmt(a.flops)} FLOPs ({a.method}):")
+    out.print(
+        f"  N* = {fmt(a.params)} parameters, D* = {fmt(a.tokens)} tokens "
+        f"({a.tokens_per_param:.1f} tokens per parameter)"
+    )
+    iv = f" (80%: {a.loss_interval[0]:.4f} - {a.loss_interval[1]:.4f})" if a.loss_interval else ""
+    out.print(f"  predicted loss {a.loss:.4f}{iv}")
+
+
+# ---------------------------------------------------------------- predict
+
+
+@command
+def predict(
+    law: Annotated[
+        str | None,
+        typer.Option(
+            "--law", help="A saved law name or .json path (default: the shipped law for --arch)."
+        ),
+    ] = None,
+    params: Annotated[
+        float | None, typer.Option("--params", help="Non-embedding parameters (active for MoE).")
+    ] = None,
+    tokens: Annotated[float | None, typer.Option("--tokens", help="Training tokens.")] = None,
+    d_model: Annotated[
+        int | None,
+        typer.Option(
+            "--d-model",
+            help="Instead of --params: the model `derisk train --d-model` would train "
+            "(with --arch, --n-layer, --experts).",
+        ),
+    ] = None,
+    arch: Annotated[str, typer.Option("--arch", help="dense | moe, with --d-model")] = "dense",
+    n_layer: Annotated[int, typer.Option("--n-layer", help="With --d-model.")] = 2,
+    experts: Annotated[
+        float | None, typer.Option("--experts", help="Default 1 (dense), 4 (--arch moe).")
+    ] = None,
+    granularity: Annotated[float, typer.Option("--granularity")] = 1.0,
+    run_ids: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--run",
+            help="A run id from `derisk runs` (repeatable, or `all`): its measured loss "
+            "against the prediction.",
+        ),
+    ] = None,
+    below: Annotated[
+        float | None, typer.Option("--below", help="Also print P(loss < this).")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """A run's loss predicted by a fitted law, with its 80% predictive interval."""
+    from derisk.cli.runs import open_store
+    from derisk.estimators import law_point
+    from derisk.scaling import SHIPPED_LAWS, PredictPoint, load_law, predict_points
+
+    if arch not in SHIPPED_LAWS:
+        raise DeriskError(f"--arch must be dense or moe, got {arch!r}")
+    law = law or SHIPPED_LAWS[arch]
+    fit = load_law(law)
+    if experts is None:
+        experts = 4.0 if arch == "moe" and d_model is not None else 1.0
+    if d_model is not None:
+        from derisk.estimators import ModelConfig, param_counts
+        from derisk.scaling import uses_active_params
+
+        if params is not None:
+            raise DeriskError("give --params or --d-model, not both")
+        try:
+            model = ModelConfig(
+                arch=arch, d_model=d_model, n_layer=n_layer, n_head=1, experts=int(experts), top_k=1
+            )
+        except ValueError as exc:
+            raise DeriskError(f"bad model: {exc}") from None
+        counts = param_counts(model)
+        params = counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
+    if (params is None) != (tokens is None):
+        raise DeriskError("give both --params and --tokens (or --run ID)")
+    if params is None and not run_ids:
+        raise DeriskError("give --params N --tokens D, or --run ID for a run in the store")
+    for name, v in (
+        ("--params", params),
+        ("--tokens", tokens),
+        ("--experts", experts),
+        ("--granularity", granularity),
+    ):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise DeriskError(f"{name} must be a positive number, got {v:g}")
+    if below is not None and not below > 0:
+        raise DeriskError(f"--below must be a positive loss, got {below:g}")
+    points = []
+    if params is not None:
+        points.append(
+            PredictPoint(params=params, tokens=tokens, experts=experts, granularity=granularity)
+        )
+    if run_ids:
+        store = open_store(create=False)
+        if "all" in run_ids:
+            arches = set(((fit.summary or {}).get("setting") or {}).get("arch") or [])
+            chosen = [
+                r
+                for r in store.runs()
+                if r["status"] == "finished" and (not arches or r["arch"] in arches)
+            ]
+        else:
+            chosen = [store.get(i) for i in run_ids]
+        points += [law_point(r, fit) for r in chosen]
+    forecast = predict_points(fit, points, below=below)
+    results = forecast.as_dicts()
+    summary = forecast.summary
+    if as_json:
+        emit(
+            {
+                "law": law,
+                "predictions": results,
+                "summary": summary,
+                "warnings": list(forecast.warnings),
+            }
+        )
+        return
+    t = Table(title=f"law {escape(law)} ({fit.law}, {fit.n} runs)", title_justify="left")
+    cols = ["params", "tokens", "law", "80% band"]
+    if summary:
+        cols = ["run", *cols, "measured", "error", "q"]
+    for col in cols:
+        t.add_column(col, justify="right")
+    for d in results:
+        iv = d["interval"]
+        row = [
+            fmt(d["params"]),
+            fmt(d["tokens"]),
+            f"{d['loss']:.4f}",
+            f"{iv[0]:.3f}-{iv[1]:.3f}" if iv else "-",
+        ]
+        if summary:
+            row = [
+                "-" if d["run"] is None else str(d["run"]),
+                *row,
+                "-" if d["observed"] is None else f"{d['observed']:.4f}",
+                "-" if d["error"] is None else f"{100 * d['error']:+.1f}%",
+                "-" if d["quantile"] is None else f"{d['quantile']:.2f}",
+            ]
+        t.add_row(*row)
+    out.print(t)
+    if below is not None:
+        for d in results:
+            out.print(f"P(loss < {below:g}) = {fmt(d['p_below'], p=True)}")
+    if summary:
+        out.print(
+            f"{summary['inside_80']} of {summary['runs']} measured losses inside the 80% "
+            f"interval; mean |error| {100 * summary['mean_abs_error']:.1f}%"
+        )
+
+
+COMMANDS = [("fit", fit), ("optimal", optimal), ("predict", predict)]

@@ -1,0 +1,764 @@
+"""Roadmap commands: plan, whatif, simulate, validate, examples, record."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from derisk.cli._output import (
+    JsonOpt,
+    command,
+    emit,
+    fmt,
+    out,
+    print_chart,
+    progress,
+    warn,
+)
+from derisk.errors import DeriskError, DeriskWarning, RoadmapError
+from derisk.graphs import (
+    Roadmap,
+    example_path,
+    examples,
+    load_roadmap,
+    load_state,
+    load_with_overrides,
+    record_outcomes,
+    state_path,
+)
+
+# ---------------------------------------------------------------- shared options
+
+FileArg = Annotated[
+    Path | None, typer.Argument(help="Roadmap YAML/JSON (default: bundled example).")
+]
+SolverOpt = Annotated[str, typer.Option("--solver", help="exact | jax | mdptoolbox")]
+BudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--budget",
+        help="Budget to plan with, e.g. 1500, '1500 gpu_hours' or '10 GPU-h' "
+        "(default: the file's).",
+    ),
+]
+ResOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resolution", help="Budget step (default: the file's, else chosen automatically)."
+    ),
+]
+MaxStatesOpt = Annotated[
+    int, typer.Option("--max-states", help="Refuse problems with more reachable states than this.")
+]
+MaxMemOpt = Annotated[
+    float,
+    typer.Option("--max-memory", help="Refuse problems whose solve would need more GiB than this."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Override, e.g. pilot.p=0.5, big.cost=1200, budget=3000 (repeatable)."
+    ),
+]
+FreshOpt = Annotated[
+    bool,
+    typer.Option("--fresh", help="Ignore the outcomes recorded with `derisk record`."),
+]
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def amount(text: str | None, roadmap: Roadmap, flag: str) -> float | None:
+    """Parse a flag's `1500`, `1500 gpu_hours` or `10 GPU-h` into the roadmap's unit, with
+    the roadmap file's own unit parser; a mistake names the flag and the accepted units."""
+    from derisk.graphs._load import _Checker, _quantity
+
+    if text is None:
+        return None
+    ck = _Checker(flag)
+    q = _quantity(ck, text, None, flag)
+    if ck.problems:
+        raise DeriskError(f"{flag} {text!r}: {ck.problems[0].message}")
+    if q is None or q[0] < 0:
+        raise DeriskError(
+            f"{flag} must be a non-negative number with an optional unit "
+            f"(e.g. 1500 or '1500 gpu_hours'), got {text!r}"
+        )
+    if q[1] is not None and roadmap.unit is not None and q[1] != roadmap.unit:
+        label = roadmap.unit_label() or roadmap.unit
+        raise DeriskError(
+            f"{flag} {text!r} is in {q[1]} but {roadmap.source} plans in {roadmap.unit}; "
+            f"give it in {label} (e.g. '{flag} \"100 {label}\"') or as a plain number"
+        )
+    return q[0]
+
+
+@dataclass(frozen=True)
+class PlanInput:
+    """What a roadmap command plans from: the roadmap (with --set overrides applied) and
+    the outcomes recorded beside its file (none with --fresh)."""
+
+    roadmap: Roadmap
+    path: Path
+    outcomes: dict  # id -> "success" | "failure"
+    spent: float  # compute the recorded outcomes spent, in the roadmap's unit
+    ignored: int  # recorded outcomes left out because of --fresh
+    overrides: tuple  # the graphs library's Roadmap.overrides (dicts), when present
+
+    def as_json(self) -> dict:
+        return {
+            "file": str(self.path),
+            "recorded": self.outcomes,
+            "spent": self.spent,
+            "overrides": list(self.overrides),
+        }
+
+
+def plan_input(file: Path | None, sets: list[str] | None, fresh: bool) -> PlanInput:
+    path = Path(file) if file is not None else example_path()
+    roadmap = load_with_overrides(path, sets) if sets else load_roadmap(path)
+    outcomes, spent, ignored = {}, 0.0, 0
+    if file is not None:  # the bundled example never carries a state file
+        state = load_state(roadmap, state_path(path))
+        if fresh:
+            ignored = len(state)
+        else:
+            outcomes = {k: v["outcome"] for k, v in state.items()}
+            spent = float(sum(v["spent"] for v in state.values()))
+    return PlanInput(
+        roadmap=roadmap,
+        path=path,
+        outcomes=outcomes,
+        spent=spent,
+        ignored=ignored,
+        overrides=tuple(getattr(roadmap, "overrides", ()) or ()),
+    )
+
+
+def _value_text(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int | float):
+        return fmt(v)
+    return str(v)
+
+
+def print_context(inp: PlanInput) -> None:
+    """Say what the plan starts from: every override and the recorded outcomes."""
+    unit = inp.roadmap.unit_label()
+    for o in inp.overrides:
+        before, after = o.get("before"), o.get("after")
+        change = ""
+        if all(isinstance(x, int | float) and not isinstance(x, bool) for x in (before, after)):
+            d = after - before
+            change = f" ({'+' if d > 0 else ''}{fmt(d)})"
+        out.print(
+            f"override {escape(str(o.get('target', o.get('set'))))}: "
+            f"{escape(_value_text(before))} -> {escape(_value_text(after))}{change}"
+        )
+    if inp.outcomes:
+        n = len(inp.outcomes)
+        out.print(
+            f"planning from {n} recorded outcome{'s' if n != 1 else ''} "
+            f"({escape(', '.join(f'{k}={v}' for k, v in inp.outcomes.items()))}), "
+            f"{fmt(inp.spent, unit)} spent; --fresh ignores them"
+        )
+    elif inp.ignored:
+        out.print(f"ignoring {inp.ignored} recorded outcome(s) (--fresh)")
+
+
+def solve_roadmap(
+    inp: PlanInput,
+    *,
+    budget=None,
+    resolution=None,
+    solver="exact",
+    max_states=2_000_000,
+    max_memory_gb=8.0,
+):
+    """Compile and solve from the recorded state, with a progress bar; a problem too large
+    to solve is a user error that says what to change."""
+    from derisk.errors import ProblemTooLarge
+    from derisk.planner import SolveConfig, build_space, compile_roadmap, solve
+
+    roadmap = inp.roadmap
+    problem = compile_roadmap(
+        roadmap, budget=budget, resolution=resolution, outcomes=inp.outcomes, spent=inp.spent
+    )
+    config = SolveConfig(solver=solver, max_states=max_states, max_memory_gb=max_memory_gb)
+    try:
+        space = build_space(problem, config)
+    except ProblemTooLarge as exc:
+        raise DeriskError(
+            f"{roadmap.source}: too large to solve exactly: {exc}. Use a coarser budget step "
+            f"(--resolution, now {fmt(problem.resolution)}), fewer experiments, or raise "
+            "--max-states / --max-memory if the machine has room"
+        ) from None
+    with progress() as bar:
+        task = bar.add_task(f"solving ({solver})", total=space.size)
+        return solve(problem, config=config, space=space, progress=lambda k: bar.advance(task, k))
+
+
+def write_graph(text: str, path: Path, kind: str) -> str:
+    """Save DOT/Mermaid text, or render DOT to an image when the extension asks for one."""
+    from derisk.graphs import write_atomic
+    from derisk.report import render_dot
+
+    if path.suffix.lower() in (".png", ".svg", ".pdf"):
+        if kind != "dot":
+            raise DeriskError(f"{path}: only DOT renders to {path.suffix}; use a .mmd path")
+        if not render_dot(text, path):
+            raise DeriskError(
+                f"{path}: rendering needs Graphviz's `dot` (Debian: apt-get install graphviz); "
+                "or write the text with a .dot path"
+            )
+        return str(path)
+    if path.is_dir():
+        raise DeriskError(f"{path} is a folder; give a file path such as {path / 'graph.dot'}")
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise DeriskError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return str(path)
+
+
+# ---------------------------------------------------------------- plan
+
+
+@command
+def plan(
+    file: FileArg = None,
+    budget: BudgetOpt = None,
+    resolution: ResOpt = None,
+    solver: SolverOpt = "exact",
+    depth: Annotated[int, typer.Option("--depth", help="Levels of the policy tree.")] = 3,
+    dot: Annotated[
+        Path | None,
+        typer.Option("--dot", help="Write the policy tree as Graphviz DOT (.png/.svg renders)."),
+    ] = None,
+    mermaid: Annotated[
+        Path | None, typer.Option("--mermaid", help="Write the policy tree as Mermaid text.")
+    ] = None,
+    fresh: FreshOpt = False,
+    set_: SetOpt = None,
+    max_states: MaxStatesOpt = 2_000_000,
+    max_memory: MaxMemOpt = 8.0,
+    as_json: JsonOpt = False,
+):
+    """Recommend the next experiment and show what the plan is worth."""
+    from derisk.planner import plan_report
+    from derisk.report import policy_dot, policy_mermaid
+
+    if depth < 1:
+        raise DeriskError(f"--depth must be at least 1, got {depth}")
+
+    inp = plan_input(file, set_, fresh)
+    roadmap = inp.roadmap
+    sol = solve_roadmap(
+        inp,
+        budget=amount(budget, roadmap, "--budget"),
+        resolution=amount(resolution, roadmap, "--resolution"),
+        solver=solver,
+        max_states=max_states,
+        max_memory_gb=max_memory,
+    )
+    rep = plan_report(sol, depth=depth)
+    unit = roadmap.unit_label()
+    written = []
+    if dot is not None:
+        written.append(write_graph(policy_dot(rep.tree, unit=unit), dot, "dot"))
+    if mermaid is not None:
+        written.append(write_graph(policy_mermaid(rep.tree, unit=unit), mermaid, "mermaid"))
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                **inp.as_json(),
+                "written": written,
+                "next": rep.next,
+                "value": rep.value,
+                "expected_compute": rep.expected_compute,
+                "p_reward": rep.p_reward,
+                "actions": rep.actions,
+                "heuristics": rep.heuristics,
+                "states": rep.states,
+                "solve_seconds": rep.solve_seconds,
+                "solver": solver,
+                "budget_left": rep.budget_left,
+                "resolution": sol.problem.resolution,
+                "unit": roadmap.unit,
+                "tree": rep.tree,
+            }
+        )
+        return
+    out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
+    print_context(inp)
+    out.print(
+        f"budget left {fmt(rep.budget_left, unit)} in steps of "
+        f"{fmt(sol.problem.resolution, unit)}; {fmt(rep.states)} states solved "
+        f"by {solver} in {rep.solve_seconds:.2f}s"
+    )
+    out.print()
+    if rep.next is None:
+        out.print("[bold]Next:[/] stop - no experiment is worth its compute from here.")
+    else:
+        title = sol.problem.titles[sol.problem.ids.index(rep.next)]
+        out.print(
+            f"[bold green]Next:[/] [bold]{escape(rep.next)}[/]"
+            + (f" - {escape(title)}" if title else "")
+        )
+    out.print(
+        f"Expected value {fmt(rep.value)}; expected compute {fmt(rep.expected_compute, unit)}"
+    )
+    for eid, p in rep.p_reward.items():
+        out.print(f"  P(reward of {escape(eid)}) = {fmt(p, p=True)}")
+    if rep.actions:
+        t = Table(title="Runnable now", title_justify="left")
+        for col in ("experiment", "p", "cost", "Q", "regret"):
+            t.add_column(col, justify="left" if col == "experiment" else "right")
+        for a in rep.actions:
+            t.add_row(
+                escape(a["id"]),
+                fmt(a["p"], p=True),
+                fmt(a["cost"], unit),
+                fmt(a["q"]),
+                fmt(a["regret"]),
+            )
+        out.print(t)
+    h = rep.heuristics["steinhardt"]
+    out.print(
+        f"Steinhardt's rule (log(1/p)/cost first) would run [bold]"
+        f"{escape(h['pick'] or 'nothing')}[/] and, followed throughout, is worth "
+        f"{fmt(h['value'])} (regret {fmt(h['regret'])})."
+    )
+    if rep.tree and rep.tree.get("action"):
+        out.print(render_tree(rep.tree, unit))
+    for w in written:
+        out.print(f"policy tree written to {escape(w)}")
+
+
+def _budget_left(node: dict, unit: str) -> str:
+    text = f"budget left {fmt(node['budget_left'], unit)}"
+    rng = node.get("budget_left_range")
+    if rng and rng[0] != rng[1]:
+        text += f" ({fmt(rng[0])}-{fmt(rng[1])})"
+    return text
+
+
+def render_tree(tree: dict, unit: str) -> Tree:
+    """The policy tree of `plan_report` (first decisions and their outcomes) as rich text."""
+    root = Tree(f"[bold]policy[/] (first levels; value {fmt(tree['value'])})")
+
+    def add(parent, node):
+        if node["action"] is None:
+            parent.add(f"stop (value {fmt(node['value'])}; {_budget_left(node, unit)})")
+            return
+        branch = parent.add(f"run [bold]{escape(node['action'])}[/]  ({_budget_left(node, unit)})")
+        for o in node.get("outcomes", []):
+            sub = branch.add(f"{o['outcome']} ({fmt(o['prob'], p=True)})")
+            add(sub, o["next"])
+
+    add(root, tree)
+    return root
+
+
+# ---------------------------------------------------------------- whatif
+
+
+@command
+def whatif(
+    file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    lo: Annotated[str | None, typer.Option("--from", help="Smallest budget to show.")] = None,
+    hi: Annotated[str | None, typer.Option("--to", help="Largest budget (solved once).")] = None,
+    resolution: ResOpt = None,
+    set_: SetOpt = None,
+    fresh: FreshOpt = False,
+    png: Annotated[
+        Path | None,
+        typer.Option("--png", help="Also save a matplotlib figure (PNG or SVG by extension)."),
+    ] = None,
+    rows: Annotated[
+        int, typer.Option("--rows", help="Table rows (change points always shown).")
+    ] = 12,
+    max_states: MaxStatesOpt = 2_000_000,
+    max_memory: MaxMemOpt = 8.0,
+    as_json: JsonOpt = False,
+):
+    """Value and probability of success against budget, from one solve.
+
+    With recorded outcomes the budget axis is the budget left after them.
+    """
+    from derisk.figures import goal_of, whatif_figure
+    from derisk.planner import whatif_report
+
+    inp = plan_input(file, set_, fresh)
+    roadmap = inp.roadmap
+    unit = roadmap.unit_label()
+    left = max(roadmap.budget - inp.spent, 0.0)  # what plan starts from
+    top = amount(hi, roadmap, "--to")
+    top = roadmap.budget if top is None else top
+    bottom = amount(lo, roadmap, "--from") or 0.0
+    if bottom > top:
+        raise DeriskError(f"--from ({fmt(bottom, unit)}) is larger than --to ({fmt(top, unit)})")
+    sol = solve_roadmap(
+        inp,
+        budget=top,
+        resolution=amount(resolution, roadmap, "--resolution"),
+        max_states=max_states,
+        max_memory_gb=max_memory,
+    )
+    w = whatif_report(sol, bottom, top)
+    goal = goal_of(w, roadmap)
+    if png is not None:
+        whatif_figure(w, roadmap, png, budget=left)
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                **inp.as_json(),
+                "unit": roadmap.unit,
+                "budget_left": left,
+                "budgets": w.budgets,
+                "value": w.value,
+                "p_reward": w.p_reward,
+                "expected_compute": w.expected_compute,
+                "first_action": w.first,
+                "changes": [float(w.budgets[k]) for k in w.changes],
+                "marginal_value": w.marginal,
+                "png": str(png) if png else None,
+            }
+        )
+        return
+    out.print(
+        f"[bold]{escape(roadmap.name)}[/]: value against "
+        f"{'budget left' if inp.outcomes else 'budget'} ({fmt(len(w.budgets))} levels, one "
+        f"solve, {sol.seconds:.2f}s)"
+    )
+    print_context(inp)
+    pick = sorted(
+        set(np.linspace(0, len(w.budgets) - 1, min(rows, len(w.budgets))).round().astype(int))
+        | set(w.changes)
+        | {k - 1 for k in w.changes if k}
+    )
+    t = Table()
+    for col in ("budget", "value", f"P({goal})" if goal else "P", "E(compute)", "first"):
+        t.add_column(escape(col), justify="right")
+    for k in pick:
+        mark = " *" if k in w.changes else ""
+        t.add_row(
+            fmt(w.budgets[k], unit),
+            fmt(w.value[k]),
+            fmt(w.p_reward[goal][k], p=True) if goal else "-",
+            fmt(w.expected_compute[k], unit),
+            escape(f"{w.first[k] or 'stop'}{mark}"),
+        )
+    out.print(t)
+    if w.changes:
+        out.print(
+            "* the best first experiment changes at: "
+            + ", ".join(
+                f"{fmt(w.budgets[k], unit)} -> {escape(w.first[k] or 'stop')}" for k in w.changes
+            )
+        )
+    _whatif_chart(w, goal, unit)
+    if png is not None:
+        out.print(f"figure saved to {escape(str(png))}")
+
+
+def _whatif_chart(w, goal, unit) -> None:
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plot(list(map(float, w.budgets)), list(map(float, w.value)), label="value")
+    if goal:
+        scale = float(np.max(w.value)) if np.max(w.value) > 0 else 1.0
+        plt.plot(
+            list(map(float, w.budgets)),
+            list(map(float, w.p_reward[goal] * scale)),
+            label=f"P({goal}) x {fmt(scale)}",
+        )
+    plt.xlabel(f"budget ({unit})" if unit else "budget")
+    print_chart(plt)
+
+
+# ---------------------------------------------------------------- simulate
+
+
+@command
+def simulate(
+    file: FileArg = None,
+    n: Annotated[int, typer.Option("-n", "--episodes", help="Episodes per policy.")] = 20_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    budget: BudgetOpt = None,
+    set_: SetOpt = None,
+    fresh: FreshOpt = False,
+    max_states: MaxStatesOpt = 2_000_000,
+    max_memory: MaxMemOpt = 8.0,
+    as_json: JsonOpt = False,
+):
+    """Simulate the optimal policy and the heuristics; check against the exact values."""
+    from derisk.planner import check_simulation
+
+    if n < 2:
+        raise DeriskError(f"-n must be at least 2 (a standard error needs two episodes), got {n}")
+    inp = plan_input(file, set_, fresh)
+    roadmap = inp.roadmap
+    sol = solve_roadmap(
+        inp,
+        budget=amount(budget, roadmap, "--budget"),
+        max_states=max_states,
+        max_memory_gb=max_memory,
+    )
+    check = check_simulation(sol, episodes=n, seed=seed)
+    rows = [p.as_dict() for p in check.policies]
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                **inp.as_json(),
+                "budget_left": float(sol.problem.start_budget * sol.problem.resolution),
+                "episodes": n,
+                "seed": seed,
+                "agrees": check.agrees,
+                "policies": rows,
+            }
+        )
+        return
+    unit = roadmap.unit_label()
+    print_context(inp)
+    t = Table(
+        title=f"{escape(roadmap.name)}: {fmt(n)} episodes per policy (seed {seed})",
+        title_justify="left",
+    )
+    for col in ("policy", "simulated mean", "+/- s.e.", "exact", "agrees", "compute p10/p50/p90"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in check.policies:
+        t.add_row(
+            r.policy,
+            fmt(r.mean),
+            fmt(r.stderr),
+            fmt(r.exact),
+            "yes" if r.agrees else "[red]NO[/]",
+            " / ".join(fmt(x) for x in (r.compute_p10, r.compute_p50, r.compute_p90))
+            + (f" {unit}" if unit else ""),
+        )
+    out.print(t)
+    opt = check.policies[0]
+    verdict = "agrees" if opt.agrees else "DISAGREES"
+    out.print(
+        f"optimal policy: simulated {fmt(opt.mean)} +/- {fmt(opt.stderr)} "
+        f"{verdict} with the solved value {fmt(opt.exact)} (z = {opt.z:.2f})"
+    )
+
+
+# ---------------------------------------------------------------- validate / examples / record
+
+
+@command
+def validate(
+    file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    as_json: JsonOpt = False,
+):
+    """Check a roadmap file; report every problem with its line and column."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeriskWarning)
+        try:
+            roadmap = load_roadmap(file)
+        except RoadmapError as exc:
+            if as_json:
+                emit({"valid": False, "problems": [p.__dict__ for p in exc.problems]})
+            raise
+    msgs = [str(w.message) for w in caught if issubclass(w.category, DeriskWarning)]
+    for m in msgs:
+        warn(m)
+    unit = roadmap.unit_label()
+    if as_json:
+        emit(
+            {
+                "valid": True,
+                "name": roadmap.name,
+                "experiments": len(roadmap.experiments),
+                "budget": roadmap.budget,
+                "unit": roadmap.unit,
+                "warnings": msgs,
+                "estimates": {e.id: e.estimate for e in roadmap.experiments if e.estimate},
+            }
+        )
+        return
+    out.print(
+        f"ok: {escape(str(file))}: {escape(repr(roadmap.name))}, {len(roadmap.experiments)} "
+        f"experiments, budget {fmt(roadmap.budget, unit)}"
+        + (f", {len(msgs)} warning(s)" if msgs else "")
+    )
+    for e in roadmap.experiments:
+        est = e.estimate
+        if not est:
+            continue
+        iv = est["loss_interval"]
+        band = f", 80% {iv[0]:.3f}-{iv[1]:.3f}" if iv else ""
+        line = f"  {e.id}: law {est['law']} predicts loss {est['loss']:.3f}{band}"
+        if e.success and est["p"] is not None:
+            line += f"; p = P(loss < {e.success['loss_below']}) = {fmt(est['p'], p=True)}"
+        line += f"; {fmt(est['flops'])} training FLOPs"
+        if "cost" in est["derived"]:
+            line += f" (cost {fmt(e.cost.median, unit)})"
+        out.print(escape(line))
+
+
+@command
+def examples_cmd(
+    name: Annotated[str | None, typer.Argument(help="Example to print or copy.")] = None,
+    copy: Annotated[
+        Path | None, typer.Option("--copy", help="Copy the example to this path to edit it.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+    as_json: JsonOpt = False,
+):
+    """List the bundled example roadmaps, print one, or copy one out to edit."""
+    found = examples()
+    if name is None:
+        items = []
+        for key, p in found.items():
+            r = load_roadmap(p)
+            items.append(
+                {"name": key, "title": r.name, "experiments": len(r.experiments), "path": str(p)}
+            )
+        if as_json:
+            emit({"examples": items})
+            return
+        t = Table()
+        for col in ("name", "title", "experiments"):
+            t.add_column(col)
+        for it in items:
+            t.add_row(escape(it["name"]), escape(it["title"]), str(it["experiments"]))
+        out.print(t)
+        out.print("`derisk examples NAME > my.yaml` (or `--copy my.yaml`) copies one out to edit.")
+        return
+    if name not in found:
+        raise DeriskError(f"no example {name!r}; known: {', '.join(found)}")
+    src = found[name]
+    if copy is None:
+        if as_json:
+            emit({"name": name, "path": str(src), "text": src.read_text(encoding="utf-8")})
+        else:
+            # The file's bytes, unchanged: a console would wrap long lines and break the YAML.
+            sys.stdout.flush()
+            sys.stdout.buffer.write(src.read_bytes())
+            sys.stdout.buffer.flush()
+        return
+    if copy.is_dir():
+        copy = copy / src.name
+    if copy.exists() and not force:
+        raise DeriskError(f"{copy} exists; pass --force to overwrite it")
+    try:
+        shutil.copyfile(src, copy)
+    except OSError as exc:
+        raise DeriskError(f"--copy: cannot write {copy}: {exc.strerror}") from None
+    if as_json:
+        emit({"name": name, "copied_to": str(copy)})
+    else:
+        out.print(f"copied {name} to {escape(str(copy))}")
+
+
+OUTCOME_WORDS = {
+    "success": "success",
+    "ok": "success",
+    "succeeded": "success",
+    "failure": "failure",
+    "fail": "failure",
+    "failed": "failure",
+    "untried": "untried",
+    "clear": "untried",
+}
+
+
+def parse_results(results: list[str], roadmap: Roadmap) -> dict[str, str]:
+    """`ID=outcome` arguments as {id: outcome}; an unknown id or outcome, or one id given
+    twice, is an error naming the arguments."""
+    import difflib
+
+    parsed: dict[str, tuple[str, str]] = {}
+    for text in results:
+        eid, sep, word = text.partition("=")
+        if not sep or not eid:
+            raise DeriskError(f"{text!r}: expected ID=success, ID=failure or ID=untried")
+        outcome = OUTCOME_WORDS.get(word.strip().lower())
+        if outcome is None:
+            raise DeriskError(f"{text!r}: the outcome must be success, failure or untried")
+        if eid not in roadmap.ids:
+            close = difflib.get_close_matches(eid, list(roadmap.ids), n=1)
+            raise DeriskError(
+                f"{text!r}: no experiment `{eid}` in {roadmap.source}"
+                + (f"; did you mean `{close[0]}`?" if close else "")
+            )
+        if eid in parsed:
+            raise DeriskError(
+                f"`{eid}` is given twice ({parsed[eid][1]!r} and {text!r}); record one "
+                "outcome per experiment"
+            )
+        parsed[eid] = (outcome, text)
+    return {k: v[0] for k, v in parsed.items()}
+
+
+@command
+def record(
+    file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    results: Annotated[
+        list[str], typer.Argument(help="ID=success, ID=failure, or ID=untried to clear.")
+    ],
+    spent: Annotated[
+        str | None,
+        typer.Option(
+            "--spent", help="Compute actually spent (one result only; default: the median cost)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Record experiment outcomes; plan, whatif and simulate then plan from this state."""
+    roadmap = load_roadmap(file)
+    outcomes = parse_results(results, roadmap)
+    updates = {eid: (o, None) for eid, o in outcomes.items()}
+    if spent is not None:
+        if len(updates) != 1:
+            raise DeriskError("--spent applies to one result; record them one at a time")
+        eid = next(iter(updates))
+        updates[eid] = (updates[eid][0], amount(spent, roadmap, "--spent"))
+    path = state_path(file)
+    state = record_outcomes(roadmap, path, updates)
+    total = float(sum(v["spent"] for v in state.values()))
+    unit = roadmap.unit_label()
+    if as_json:
+        emit(
+            {
+                "state_file": str(path),
+                "outcomes": state,
+                "spent": total,
+                "budget_left": roadmap.budget - total,
+            }
+        )
+        return
+    for eid, rec in state.items():
+        out.print(f"{escape(eid)}: {rec['outcome']} ({fmt(rec['spent'], unit)})")
+    out.print(f"saved to {escape(str(path))}; budget left {fmt(roadmap.budget - total, unit)}")
+    out.print("plan, whatif and simulate now plan from here (--fresh ignores it)")
+
+
+COMMANDS = [
+    ("plan", plan),
+    ("whatif", whatif),
+    ("simulate", simulate),
+    ("validate", validate),
+    ("examples", examples_cmd),
+    ("record", record),
+]

@@ -1,0 +1,207 @@
+"""Exact evaluation of a fixed policy: backward (every budget level) and forward (one start).
+
+Both read the same transition arrays and cost distributions as the solver. Memory is
+bounded by one (S, L) float64 array at a time, whatever the number of rewards: the
+backward pass computes its channels (value, compute, P(reward k)) one after another and
+keeps only the start state's row; the forward pass propagates the start state's
+occupancy measure once and reads every channel off it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from derisk.planner._backup import action_value
+from derisk.planner._problem import PlanningProblem
+from derisk.planner._states import StateSpace
+
+BLOCK_ELEMENTS = 1 << 19  # rows x levels per block, as in the exact solver
+
+
+def rewarded_nodes(problem: PlanningProblem) -> list[int]:
+    return [int(i) for i in np.flatnonzero(problem.reward > 0)]
+
+
+@dataclass(frozen=True)
+class StartValue:
+    """A fixed policy's exact value from one state and budget level.
+
+    value: expected reward minus price x compute; compute: expected compute in budget
+    units; p_reward: (K,) probability of earning each reward, in `rewarded` order;
+    p_run: (n,) probability that each experiment is started.
+    """
+
+    value: float
+    compute: float
+    p_reward: np.ndarray
+    rewarded: tuple[int, ...]
+    p_run: np.ndarray
+
+
+def _channel(problem, space, policy, gains, spend, keep_state):
+    """One backward channel; returns the row of `keep_state` (L,) (all rows if None)."""
+    S, L = space.size, problem.levels + 1
+    X = np.zeros((S, L))
+    block = max(64, BLOCK_ELEMENTS // L)
+    for layer in space.layers():
+        for start in range(0, len(layer), block):
+            rows = layer[start : start + block]
+            acc = np.zeros((len(rows), L))
+            if policy is None:
+                count = np.zeros((len(rows), L))
+            for i in range(problem.n):
+                sel = np.flatnonzero(space.avail[rows, i])
+                if not len(sel):
+                    continue
+                st = rows[sel]
+                if policy is None:
+                    chosen = np.ones((len(sel), L), dtype=bool)
+                else:
+                    chosen = policy[st] == i
+                    if not chosen.any():
+                        continue
+                d = space.succ_d[st, i]
+                feasible = chosen & (np.arange(L) >= problem.cost_units[i][0])[None, :]
+                q = action_value(
+                    problem,
+                    i,
+                    space.p[st, i],
+                    X[space.succ_s[st, i]],
+                    X[space.succ_f[st, i]],
+                    X[d, 0] if d[0] >= 0 else None,
+                    gain=gains[i],
+                    spend_weight=spend,
+                )
+                acc[sel] += np.where(feasible, q, 0.0)
+                if policy is None:
+                    count[sel] += feasible
+            if policy is None:
+                acc /= np.maximum(count, 1)
+            X[rows] = acc
+    return X if keep_state is None else X[keep_state].copy()
+
+
+def evaluate_policy(
+    problem: PlanningProblem,
+    space: StateSpace,
+    policy: np.ndarray | None,
+    *,
+    state: int | None = None,
+    channels: tuple[str, ...] = ("value", "compute", "p_reward"),
+) -> dict:
+    """Exact value, expected compute and P(reward k) of a fixed policy, every budget level.
+
+    `policy` is (S, L) int8 with -1 = stop, or None for the uniform random policy
+    (uniform over the runnable and affordable experiments; it stops only when none is).
+    With `state` given, each channel is the (L,) row of that state (memory: one (S, L)
+    array at a time); with state None, full (S, L) tables (small problems, tests).
+
+    Returns dict with "value", "compute" (budget units) and "p_reward" ((K, ...) for the
+    K rewarded nodes, in the order of "rewarded").
+    """
+    rewarded = rewarded_nodes(problem)
+    out: dict = {"rewarded": rewarded}
+    if "value" in channels:
+        out["value"] = _channel(
+            problem, space, policy, problem.reward, -problem.price_per_unit, state
+        )
+    if "compute" in channels:
+        out["compute"] = _channel(problem, space, policy, np.zeros(problem.n), 1.0, state)
+    if "p_reward" in channels:
+        rows = []
+        for j in rewarded:
+            g = np.zeros(problem.n)
+            g[j] = 1.0
+            rows.append(_channel(problem, space, policy, g, 0.0, state))
+        L = problem.levels + 1
+        shape = (L,) if state is not None else (space.size, L)
+        out["p_reward"] = np.array(rows) if rows else np.zeros((0, *shape))
+    return out
+
+
+def start_value(
+    problem: PlanningProblem,
+    space: StateSpace,
+    policy: np.ndarray | None,
+    *,
+    state: int | None = None,
+    level: int | None = None,
+) -> StartValue:
+    """A fixed policy's value, compute, P(reward) and P(run) from one (state, level).
+
+    Propagates the occupancy measure mu(s, b) (probability of standing at state s with
+    b budget units left) forward from the start, layer by layer in the order the
+    transitions go; only (s, b) pairs with mass are visited, so this costs a small
+    fraction of a backward pass. An action the policy picks that cannot be started (its
+    minimum cost exceeds the budget left) is a stop.
+    """
+    S, L = space.size, problem.levels + 1
+    s0 = space.root if state is None else int(state)
+    b0 = problem.start_budget if level is None else int(level)
+    mu = np.zeros((S, L))
+    mu[s0, b0] = 1.0
+    flat = mu.reshape(-1)
+    rewarded = rewarded_nodes(problem)
+    value = compute = 0.0
+    p_run = np.zeros(problem.n)
+    p_succ = np.zeros(problem.n)
+    lo = problem.min_cost
+    price = problem.price_per_unit
+    block = max(64, BLOCK_ELEMENTS // L)
+    for layer in reversed(space.layers()):
+        for start in range(0, len(layer), block):
+            rows = layer[start : start + block]
+            sub = mu[rows]
+            ri, li = np.nonzero(sub > 0)
+            if not len(ri):
+                continue
+            mass = sub[ri, li]
+            st = rows[ri]
+            if policy is None:
+                ok = space.avail[st] & (lo[None, :] <= li[:, None])  # (m, n)
+                count = ok.sum(axis=1)
+                weight = np.where(count > 0, 1.0 / np.maximum(count, 1), 0.0)
+            else:
+                act = policy[st, li]
+            for i in range(problem.n):
+                if policy is None:
+                    sel = np.flatnonzero(ok[:, i])
+                    w = mass[sel] * weight[sel]
+                else:
+                    sel = np.flatnonzero((act == i) & (li >= lo[i]))
+                    w = mass[sel]
+                if not len(sel):
+                    continue
+                s, b = st[sel], li[sel]
+                p = space.p[s, i]
+                p_run[i] += w.sum()
+                for c, q in zip(problem.cost_units[i], problem.cost_probs[i], strict=True):
+                    c = int(c)
+                    fit = b >= c
+                    if fit.any():
+                        wq = w[fit] * q
+                        left = b[fit] - c
+                        pf = p[fit]
+                        np.add.at(flat, space.succ_s[s[fit], i] * L + left, wq * pf)
+                        np.add.at(flat, space.succ_f[s[fit], i] * L + left, wq * (1 - pf))
+                        won = float(wq @ pf)
+                        p_succ[i] += won
+                        value += won * problem.reward[i] - price * c * wq.sum()
+                        compute += c * wq.sum()
+                    over = ~fit
+                    if over.any():  # cut off: all that is left is spent, counts as failed
+                        wq = w[over] * q
+                        d = space.succ_d[s[over], i]
+                        np.add.at(flat, d * L, wq)
+                        spent = float(wq @ b[over])
+                        value -= price * spent
+                        compute += spent
+    return StartValue(
+        value=float(value),
+        compute=float(compute),
+        p_reward=p_succ[rewarded].copy(),
+        rewarded=tuple(rewarded),
+        p_run=p_run,
+    )
