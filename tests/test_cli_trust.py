@@ -149,26 +149,24 @@ def test_record_refuses_duplicates_and_unknown_ids(tmp_path):
 # ---------------------------------------------------------------- overrides and the tree
 
 
-def test_overrides_are_echoed(monkeypatch):
-    import derisk.cli.roadmap as cli_roadmap
-    from derisk.graphs import load_with_overrides
-
-    def with_overrides(path, sets):
-        roadmap = load_with_overrides(path, sets)
-        echo = ({"set": "data-audit.p=0.3", "target": "data-audit.p", "before": 0.5, "after": 0.3},)
-        if not getattr(roadmap, "overrides", ()):  # before the graphs library records them
-            object.__setattr__(roadmap, "overrides", echo)
-        return roadmap
-
-    monkeypatch.setattr(cli_roadmap, "load_with_overrides", with_overrides)
+def test_overrides_are_echoed():
     path = example_path("two-approaches")
+    sets = ["--set", "needle-eval.p=0.5", "--set", "data-audit.p.then=0.7"]
+    base = run_json("plan", path)
     for cmd in ("plan", "whatif", "simulate"):
         extra = ["-n", "200"] if cmd == "simulate" else []
-        res = run(cmd, path, "--set", "data-audit.p=0.3", *extra)
+        res = run(cmd, path, *sets, *extra)
         assert res.exit_code == 0, res.output
-        assert "override data-audit.p:" in res.stdout and "-> 0.3" in res.stdout, cmd
-        out = run_json(cmd, path, "--set", "data-audit.p=0.3", *extra)
-        assert out["overrides"][0]["target"] == "data-audit.p", cmd
+        assert "override needle-eval.p: 0.8 -> 0.5 (-0.3)" in res.stdout, cmd
+        assert "override data-audit.p.then: 0.85 -> 0.7 (-0.15)" in res.stdout, cmd
+        out = run_json(cmd, path, *sets, *extra)
+        targets = [o["target"] for o in out["overrides"]]
+        assert targets == ["needle-eval.p", "data-audit.p.then"], cmd
+    assert run_json("plan", path, *sets)["value"] < base["value"]  # less optimistic
+    # a plain number for a conditional p is refused, blaming the flag
+    res = run("plan", path, "--set", "data-audit.p=0.3")
+    assert res.exit_code == 2 and "--set data-audit.p=0.3" in res.stderr
+    assert "data-audit.p.then" in res.stderr
 
 
 def test_policy_tree_shows_the_budget_range():

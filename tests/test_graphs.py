@@ -265,14 +265,202 @@ experiments:
     assert "nothing depends on `b`" in msgs
 
 
-def test_overrides_are_validated(tmp_path):
+def test_overrides_are_validated_and_recorded():
     path = example_path("moe-at-scale")
-    r = load_with_overrides(path, ["pilot.p=0.5", "budget=3000"])
-    assert r.experiment("pilot").p == 0.5 and r.budget == 3000
+    r = load_with_overrides(path, ["dense-baseline.p=0.5", "budget=3000"])
+    assert r.experiment("dense-baseline").p == 0.5 and r.budget == 3000
+    assert r.overrides == (
+        {"set": "dense-baseline.p=0.5", "target": "dense-baseline.p", "before": 0.95, "after": 0.5},
+        {"set": "budget=3000", "target": "budget", "before": 2000.0, "after": 3000.0},
+    )
+    assert load_roadmap(path).overrides == ()
+    hash(r)  # still hashable
     with pytest.raises(RoadmapError, match="did you mean `pilot`"):
         load_with_overrides(path, ["pilott.p=0.5"])
     with pytest.raises(RoadmapError, match=r"\[0, 1\]"):
-        load_with_overrides(path, ["pilot.p=2"])
+        load_with_overrides(path, ["dense-baseline.p=2"])
+
+
+def test_conditional_p_override_names_the_branch():
+    path = example_path("moe-at-scale")
+    with pytest.raises(RoadmapError) as exc:
+        load_with_overrides(path, ["pilot.p=0.3"])
+    [prob] = exc.value.problems
+    assert str(prob).startswith("--set pilot.p=0.3: ")
+    assert "pilot.p.then=0.3" in prob.message and "pilot.p.else=0.3" in prob.message
+    r = load_with_overrides(path, ["pilot.p.then=0.3", "pilot.p.else=0.1"])
+    assert r.experiment("pilot").p == Conditional(
+        hypothesis="routing_stable", then=0.3, otherwise=0.1
+    )
+    assert [(o["target"], o["before"], o["after"]) for o in r.overrides] == [
+        ("pilot.p.then", 0.9, 0.3),
+        ("pilot.p.else", 0.2, 0.1),
+    ]
+    # replacing the whole conditional is explicit, so it is allowed
+    r = load_with_overrides(path, ["pilot.p={if: routing_stable, then: 0.5, else: 0.4}"])
+    assert r.experiment("pilot").p.then == 0.5
+    with pytest.raises(RoadmapError, match="plain probability"):
+        load_with_overrides(path, ["dense-baseline.p.then=0.3"])
+
+
+def test_prior_cost_and_unit_overrides_are_recorded():
+    path = example_path("moe-at-scale")
+    r = load_with_overrides(path, ["routing_stable=0.4", "budget=100 GPU-days"])
+    assert r.hypotheses["routing_stable"] == 0.4 and r.budget == 2400
+    assert r.overrides[0]["target"] == "hypotheses.routing_stable"
+    assert r.overrides[0]["before"] == 0.6 and r.overrides[0]["after"] == 0.4
+    r = load_with_overrides(path, ["hypotheses.routing_stable=0.3"])
+    assert r.hypotheses["routing_stable"] == 0.3
+    r = load_with_overrides(path, ["big.cost.median=800 gpu_hours"])
+    assert r.experiment("big").cost.median == 800
+    assert r.overrides[0]["before"] == 900
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ("pilot.p.then=abc", "must be a number in [0, 1]"),
+        ("nope.p=0.3", "no experiment `nope`"),
+        ("pilot.colour=red", "settable: pilot.p"),
+        ("hypotheses.nope=0.5", "no hypothesis `nope`"),
+        ("budget=ten", "must be a number"),
+        ("budget=1e300", "at most 10,000,000"),
+        ("pilot.p=", "no value"),
+        ("pilot.p", "expected `id.field=value`"),
+        ("dense-baseline.p=[1", "cannot read the value"),
+        ("budget=1 parsec", "unknown unit"),
+        ("pilot.p.then=0.3 --set pilot.p.then=0.4", None),
+    ],
+)
+def test_bad_override_blames_the_flag(flag, expected):
+    flags = flag.split(" --set ")
+    with pytest.raises(RoadmapError) as exc:
+        load_with_overrides(example_path("moe-at-scale"), flags)
+    [prob] = exc.value.problems
+    assert str(prob).startswith(f"--set {flags[-1]}: "), str(prob)
+    assert (expected or "already set") in prob.message
+
+
+def test_display_units_read_back(tmp_path):
+    from derisk.graphs._load import _Checker, _quantity
+
+    ck = _Checker("--budget")
+    for text, want in [
+        ("10 GPU-h", (10, "gpu_hours")),
+        ("10 gpu-hours", (10, "gpu_hours")),
+        ("10 GPU hours", (10, "gpu_hours")),
+        ("2 GPU-days", (48, "gpu_hours")),
+        ("1 gpu_day", (24, "gpu_hours")),
+        ("3e21 FLOP", (3e21, "flops")),
+        ("9,910 GPU-h", (9910, "gpu_hours")),
+        ("12", (12, None)),
+    ]:
+        assert _quantity(ck, text, None, "--budget") == want, text
+    assert not ck.problems
+    assert _quantity(ck, "10 parsecs", None, "--budget") is None
+    assert "GPU-h" in ck.problems[0].message and "gpu_days" in ck.problems[0].message
+    r = load_roadmap(
+        write(tmp_path, "budget: 10 GPU-h\nexperiments: [{id: a, cost: 1, p: 1, reward: 1}]")
+    )
+    assert r.budget == 10 and r.unit == "gpu_hours"
+
+
+def test_units_in_the_budget_and_costs_convert(tmp_path):
+    r = load_roadmap(
+        write(
+            tmp_path,
+            "budget: 30 gpu_days\nexperiments: [{id: a, cost: 120 GPU-h, p: 1, reward: 1}]",
+        )
+    )
+    assert r.budget == 720 and r.experiment("a").cost.median == 120
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "where"),
+    [
+        (  # billion laughs: nine lines expanding to 1e9 values
+            "".join(
+                f"{a}: &{a} [{', '.join([f'*{p}'] * 10 if p else ['x'] * 10)}]\n"
+                for p, a in zip([None, *"abcdefgh"], "abcdefghi", strict=True)
+            ),
+            "aliases expand to more than",
+            (5, None),
+        ),
+        ("budget: 10\nexperiments: &a [*a]\n", "recursive alias", (2, 18)),
+        ("budget: 10\nexperiments: " + "[" * 900 + "]" * 900 + "\n", "nested more than", (2, None)),
+        ("budget: !!int abc\nexperiments: []\n", "not a valid `!!int`", (1, 9)),
+        ("budget: 1" + "0" * 5000 + "\nexperiments: []\n", "5,001 digits", (1, 9)),
+        ("budget: 1" + "0" * 400 + "\nexperiments: []\n", "finite number", (1, 9)),
+        ("budget: !foo 1\nexperiments: []\n", "remove the tag", (1, 9)),
+        ("budget: 1\n---\nbudget: 2\n", "second document", (2, 1)),
+    ],
+)
+def test_hostile_yaml_is_a_located_error(tmp_path, text, expected, where):
+    import time
+
+    t0 = time.perf_counter()
+    probs = problems(write(tmp_path, text))
+    assert time.perf_counter() - t0 < 5
+    assert any(expected in p.message for p in probs), probs
+    first = next(p for p in probs if expected in p.message)
+    assert first.line == where[0] and (where[1] is None or first.col == where[1]), first
+
+
+def test_deep_json_and_huge_json_numbers(tmp_path):
+    probs = problems(write(tmp_path, "[" * 100_000 + "]" * 100_000, "r.json"))
+    assert probs[0].line == 1 and "nest" in probs[0].message
+    probs = problems(write(tmp_path, '{"budget": 1' + "0" * 5000 + "}", "r.json"))
+    assert "digits" in probs[0].message
+
+
+def test_validation_is_linear_in_the_file_size(tmp_path):
+    """3,000 experiments, each with an unknown prerequisite, a bad p and a misspelt key.
+    "did you mean" hints were quadratic (2,000 such experiments took 28 s); a budget of
+    fuzzy comparisons keeps it linear."""
+    import time
+
+    lines = ["budget: 1000 gpu_hours", "experiments:"]
+    for i in range(3000):
+        lines += [
+            f"  - id: exp-{i}",
+            f"    after: [exp-{i + 1_000_000}]",
+            "    p: 1.5",
+            "    cost: 10 gpu_hourz",
+            "    rewrd: 3",
+        ]
+    path = write(tmp_path, "\n".join(lines))
+    t0 = time.perf_counter()
+    probs = problems(path)
+    assert len(probs) == 4 * 3000
+    assert time.perf_counter() - t0 < 10  # ~0.5 s here; quadratic took minutes
+
+
+def test_resolution_too_fine_is_refused_where_it_is_written(tmp_path):
+    [prob] = problems(
+        write(tmp_path, "budget: 100\nresolution: 1e-300\nexperiments: [{id: a, cost: 1, p: 1}]")
+    )
+    assert (prob.line, prob.col) == (2, 13)
+    assert "at most 10,000,000" in prob.message and "leave it out" in prob.message
+
+
+def test_record_warns_when_spending_exceeds_the_budget(tmp_path):
+    from derisk.errors import StateFileError
+    from derisk.graphs import load_state, record_outcomes, state_path
+
+    p = write(tmp_path, "budget: 100\nexperiments: [{id: a, cost: 60, p: 0.5, reward: 1}]")
+    r = load_roadmap(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        record_outcomes(r, state_path(p), {"a": ("failure", 90.0)})
+    with pytest.warns(DeriskWarning, match="more than the budget of 100"):
+        record_outcomes(r, state_path(p), {"a": ("failure", 150.0)})
+    with pytest.raises(StateFileError, match="finite"):
+        record_outcomes(r, state_path(p), {"a": ("failure", float("inf"))})
+    for bad in ("Infinity", "NaN", "-1", "true"):
+        record = f'{{"outcome": "failure", "spent": {bad}}}'
+        state_path(p).write_text(f'{{"outcomes": {{"a": {record}}}}}')
+        with pytest.raises(StateFileError, match="finite non-negative"):
+            load_state(r, state_path(p))
 
 
 def test_generator_is_seeded_and_acyclic():

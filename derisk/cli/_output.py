@@ -59,11 +59,22 @@ def emit(result: dict) -> None:
 # ---------------------------------------------------------------- errors and warnings
 
 
+MAX_ERROR_LINES = 50  # a file with 100,000 problems is fixed from the top, not read whole
+
+
 def report(exc: DeriskError) -> None:
-    """One red line per problem on stderr (text escaped: it may hold brackets)."""
+    """One red line per problem on stderr (text escaped: it may hold brackets), at most
+    MAX_ERROR_LINES of them; `validate --json` lists every one."""
     lines = [str(p) for p in exc.problems] if isinstance(exc, RoadmapError) else [str(exc)]
-    for line in lines:
+    for line in lines[:MAX_ERROR_LINES]:
         err.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+    if len(lines) > MAX_ERROR_LINES:
+        err.print(
+            f"[bold red]error:[/] ... and {len(lines) - MAX_ERROR_LINES:,} more problems "
+            "(`derisk validate FILE --json` lists them all)",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def warn(message) -> None:

@@ -509,9 +509,17 @@ def simulate(
 ):
     """Simulate the optimal policy and the heuristics; check against the exact values."""
     from derisk.planner import check_simulation
+    from derisk.planner._simulate import BYTES_PER_EPISODE
 
     if n < 2:
         raise DeriskError(f"-n must be at least 2 (a standard error needs two episodes), got {n}")
+    # the per-episode results, and a sorted copy for the compute percentiles
+    if 2 * n * BYTES_PER_EPISODE > max_memory * 2**30 / 2:
+        raise DeriskError(
+            f"-n {n:,} episodes need ~{2 * n * BYTES_PER_EPISODE / 2**30:.1f} GiB of results, "
+            f"more than half of --max-memory {max_memory:g}; use fewer episodes (the standard "
+            "error shrinks as 1/sqrt(n): 1e6 is already 1,000x tighter than one episode)"
+        )
     inp = plan_input(file, set_, fresh)
     roadmap = inp.roadmap
     sol = solve_roadmap(

@@ -12,13 +12,26 @@ from derisk.graphs._edit import (
 )
 from derisk.graphs._generate import random_roadmap
 from derisk.graphs._load import load_roadmap, roadmap_from_dict, suspicious
-from derisk.graphs._model import Conditional, Cost, Experiment, Roadmap
+from derisk.graphs._model import (
+    MAX_AUTO_LEVELS,
+    MAX_LEVELS,
+    Conditional,
+    Cost,
+    Experiment,
+    ResolutionChoice,
+    Roadmap,
+    choose_resolution,
+)
 
 __all__ = [
+    "MAX_AUTO_LEVELS",
+    "MAX_LEVELS",
     "Conditional",
     "Cost",
     "Experiment",
+    "ResolutionChoice",
     "Roadmap",
+    "choose_resolution",
     "example_path",
     "examples",
     "load_roadmap",

@@ -2,68 +2,226 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
+import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
-import yaml
+from derisk.errors import DeriskWarning, Problem, RoadmapError, StateFileError
+from derisk.graphs._load import (
+    LDict,
+    LList,
+    _FlagMark,
+    parse_text,
+    read_text,
+    roadmap_from_dict,
+)
+from derisk.graphs._model import Conditional, Roadmap
 
-from derisk.errors import Problem, RoadmapError, StateFileError
-from derisk.graphs._load import TOP_KEYS, _locate, parse_text, roadmap_from_dict
-from derisk.graphs._model import Roadmap
-
-OVERRIDABLE = ("p", "cost", "reward", "title")
+# Settable parts of an experiment, as `id.<field>=value`.
+EXPERIMENT_FIELDS = ("p", "p.then", "p.else", "cost", "cost.median", "cost.p90", "reward", "title")
+TOP_FIELDS = ("budget", "resolution", "compute_price", "flops_per_gpu_hour")
 
 
 def load_with_overrides(path: str | Path, sets: list[str]) -> Roadmap:
-    """Load a roadmap after applying `id.field=value` / `key=value` overrides.
+    """Load a roadmap after applying `--set` overrides; each is recorded on the result.
 
-    Overrides are applied to the raw file content, so they are validated like the file.
-    Values are YAML: `pilot.p=0.5`, `big.cost={median: 900, p90: 1400}`, `budget=3000`.
+    Forms: `id.p=0.3`, `id.p.then=0.3` / `id.p.else=0.3` (a `p` conditional on a
+    hypothesis must be set per branch, or replaced whole by `{if: h, then: .., else: ..}`),
+    `id.cost=900 gpu_hours` (or `id.cost.median`, `id.cost.p90`), `id.reward`, `id.title`,
+    `budget=3000`, `resolution=10`, `compute_price=0.01`, and a hypothesis' prior as
+    `hypotheses.NAME=0.4` (or `NAME=0.4`). Values are YAML and are validated like the file;
+    a bad one raises `RoadmapError` whose problem blames the flag (`--set pilot.p=abc: ...`).
+    Each applied override is recorded in `Roadmap.overrides` as `{"set", "target", "before",
+    "after"}`, numbers in the roadmap's unit (`before` from the file without overrides).
+    Setting one target twice is an error (it would silently keep the last).
     """
-    path = Path(path)
-    if not path.exists():
-        raise RoadmapError([Problem(str(path), None, None, "no such file")])
-    data = parse_text(path.read_text(encoding="utf-8"), str(path))
+    source = str(path)
+    data = parse_text(read_text(path), source)
+    try:  # the values before overriding, when the file is valid on its own
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            baseline = roadmap_from_dict(data, source=source)
+    except RoadmapError:
+        baseline = None
+    records, seen = [], {}
     for text in sets:
-        _apply(data, text, str(path))
-    return roadmap_from_dict(data, source=str(path))
+        target, raw_before = _apply(data, text)
+        if target in seen:
+            _fail(text, f"`{target}` is already set by `--set {seen[target]}`; give it once")
+        seen[target] = text
+        records.append((text, target, raw_before))
+    roadmap = roadmap_from_dict(data, source=source)
+    overrides = tuple(
+        {
+            "set": text,
+            "target": target,
+            "before": _value_of(baseline, target) if baseline is not None else raw,
+            "after": _value_of(roadmap, target),
+        }
+        for text, target, raw in records
+    )
+    return dataclasses.replace(roadmap, overrides=overrides)
 
 
-def _apply(data, text: str, source: str) -> None:
-    def fail(msg):
-        raise RoadmapError([Problem(source, None, None, f"--set {text!r}: {msg}")])
+def _fail(text: str, msg: str):
+    raise RoadmapError([Problem(f"--set {text}", None, None, msg)])
 
+
+def _plain(value):
+    """LDict/LList -> plain dicts and lists (for JSON)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _blame(value, mark: _FlagMark):
+    """Point every position inside an override's value at its flag."""
+    if isinstance(value, LDict):
+        value.mark = mark
+        value.key_marks = dict.fromkeys(value, mark)
+        value.value_marks = dict.fromkeys(value, mark)
+        for v in value.values():
+            _blame(v, mark)
+    elif isinstance(value, LList):
+        value.mark = mark
+        value.item_marks = [mark] * len(value)
+        for v in value:
+            _blame(v, mark)
+    return value
+
+
+def _apply(data, text: str) -> tuple[str, object]:
+    """Apply one `key=value` to the parsed file; return (target, the raw value before)."""
     if "=" not in text:
-        fail("expected `id.field=value` (e.g. pilot.p=0.5) or `key=value` (e.g. budget=3000)")
+        _fail(
+            text,
+            "expected `id.field=value` (e.g. pilot.p=0.5), `budget=3000`, or `hypotheses.NAME=0.4`",
+        )
     key, raw = text.split("=", 1)
+    key = key.strip()
+    mark = _FlagMark(f"--set {text}")
     try:
-        value = _locate(yaml.safe_load(raw))
-    except yaml.YAMLError:
-        fail(f"cannot parse the value {raw!r}")
-    if not isinstance(data, dict):
-        fail("the roadmap is not a mapping")
-    if "." not in key:
-        if key not in TOP_KEYS or key in ("experiments", "hypotheses"):
-            fail(
-                f"unknown setting `{key}`; expected budget, resolution or compute_price, or "
-                "`id.field` for an experiment"
-            )
+        value = _blame(parse_text(raw, "--set"), mark)
+    except RoadmapError as exc:
+        msg = exc.problems[0].message
+        if "empty" in msg:
+            _fail(text, f"no value after `=`; e.g. `{key}=0.5`")
+        _fail(text, f"cannot read the value `{raw}`: {msg}")
+    if not isinstance(data, LDict):
+        return key, None  # validation reports the file's own problem
+    hyps = data.get("hypotheses")
+    hyps = hyps if isinstance(hyps, LDict) else None
+    if key in TOP_FIELDS:
+        before = data.get(key)
         data[key] = value
-        return
-    eid, field = key.rsplit(".", 1)
-    if field not in OVERRIDABLE:
-        fail(f"cannot set `{field}`; settable fields: {', '.join(OVERRIDABLE)}")
-    exps = data.get("experiments") or []
-    for e in exps:
-        if isinstance(e, dict) and str(e.get("id")) == eid:
-            e[field] = value
-            return
-    ids = [str(e.get("id")) for e in exps if isinstance(e, dict)]
-    close = difflib.get_close_matches(eid, ids, n=1)
-    fail(f"no experiment `{eid}`" + (f"; did you mean `{close[0]}`?" if close else ""))
+        data.value_marks[key] = mark
+        return key, _plain(before)
+    name = key.removeprefix("hypotheses.")
+    if key.startswith("hypotheses.") or (hyps is not None and key in hyps):
+        if hyps is None or name not in hyps:
+            known = ", ".join(map(str, hyps)) if hyps else "none declared"
+            _fail(
+                text,
+                f"no hypothesis `{name}` (hypotheses: {known}); a prior is set as "
+                "`hypotheses.NAME=0.4`",
+            )
+        before = hyps[name]
+        hyps[name] = value
+        hyps.value_marks[name] = mark
+        return f"hypotheses.{name}", _plain(before)
+
+    exps = data.get("experiments")
+    exps = [e for e in exps if isinstance(e, LDict) and "id" in e] if isinstance(exps, list) else []
+    # Ids may contain dots: take the longest id that prefixes the key.
+    found = [e for e in exps if key.startswith(f"{e['id']}.")]
+    if not found:
+        if "." not in key:
+            close = difflib.get_close_matches(key, [*TOP_FIELDS, *(hyps or ())], n=1)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            _fail(
+                text,
+                f"unknown setting `{key}`{hint}; expected {', '.join(TOP_FIELDS)}, "
+                "`hypotheses.NAME`, or `id.field` for an experiment",
+            )
+        eid = key.split(".", 1)[0]
+        close = difflib.get_close_matches(eid, [str(e["id"]) for e in exps], n=1)
+        _fail(text, f"no experiment `{eid}`" + (f"; did you mean `{close[0]}`?" if close else ""))
+    exp = max(found, key=lambda e: len(str(e["id"])))
+    eid = str(exp["id"])
+    field = key[len(eid) + 1 :]
+    if field not in EXPERIMENT_FIELDS:
+        _fail(
+            text,
+            f"cannot set `{field}` of `{eid}`; settable: "
+            + ", ".join(f"{eid}.{f}" for f in EXPERIMENT_FIELDS),
+        )
+    name, _, branch = field.partition(".")
+    current = exp.get(name)
+    if name == "p":
+        conditional = isinstance(current, dict)
+        if not branch and conditional and not isinstance(value, dict):
+            h = current.get("if", "its hypothesis")
+            _fail(
+                text,
+                f"`p` of `{eid}` depends on hypothesis `{h}`; a plain number would cut that "
+                f"link: set one branch, `{eid}.p.then={raw.strip()}` (p when `{h}` is true) "
+                f"or `{eid}.p.else={raw.strip()}`, or replace it whole with "
+                f"`{eid}.p={{if: {h}, then: .., else: ..}}`",
+            )
+        if branch and not conditional:
+            _fail(
+                text,
+                f"`p` of `{eid}` is a plain probability with no `{branch}` branch; "
+                f"set `{eid}.p={raw.strip()}`",
+            )
+    if name == "cost" and branch and not isinstance(current, dict):
+        _fail(
+            text,
+            f"`cost` of `{eid}` is a single number with no `{branch}`; set "
+            f"`{eid}.cost={raw.strip()}`, or `{eid}.cost={{median: .., p90: ..}}`",
+        )
+    if branch:
+        before = current.get(branch)
+        current[branch] = value
+        current.value_marks[branch] = mark
+    else:
+        before = current
+        exp[name] = value
+        exp.value_marks[name] = mark
+    return f"{eid}.{field}", _plain(before)
+
+
+def _value_of(roadmap: Roadmap, target: str):
+    """The value a `--set` target has in a validated roadmap (JSON-ready)."""
+    if target in TOP_FIELDS:
+        return getattr(roadmap, target, None)
+    if target.startswith("hypotheses."):
+        return roadmap.hypotheses.get(target.removeprefix("hypotheses."))
+    for e in roadmap.experiments:
+        if target.startswith(f"{e.id}.") and target[len(e.id) + 1 :] in EXPERIMENT_FIELDS:
+            field = target[len(e.id) + 1 :]
+            p, cost = e.p, e.cost
+            if field == "p":
+                if isinstance(p, Conditional):
+                    return {"if": p.hypothesis, "then": p.then, "else": p.otherwise}
+                return p
+            if field in ("p.then", "p.else"):
+                return getattr(p, "then" if field == "p.then" else "otherwise", None)
+            if field == "cost":
+                return {"median": cost.median, "p90": cost.p90} if cost.p90 else cost.median
+            if field == "cost.median":
+                return cost.median
+            if field == "cost.p90":
+                return cost.p90
+            return getattr(e, field)
+    return None
 
 
 def state_path(roadmap_path: str | Path) -> Path:
@@ -96,13 +254,17 @@ def load_state(roadmap: Roadmap, path: Path) -> dict[str, dict]:
         if (
             not isinstance(rec, dict)
             or rec.get("outcome") not in ("success", "failure")
-            or not isinstance(rec.get("spent"), int | float)
+            or not _amount_ok(rec.get("spent"))
         ):
             raise StateFileError(
-                f"{path}: bad record for `{eid}` (expected outcome "
-                "success|failure and a number `spent`)"
+                f"{path}: bad record for `{eid}` (expected outcome success|failure and "
+                f"`spent`, a finite non-negative number); fix or delete the state file"
             )
     return outcomes
+
+
+def _amount_ok(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
 def record_outcomes(
@@ -111,7 +273,8 @@ def record_outcomes(
     """Validate and merge outcome updates, then write the state file atomically.
 
     `updates` maps id -> (outcome, spent); outcome "untried" clears a record; spent None
-    means the experiment's median cost.
+    means the experiment's median cost. Spending more than the budget in total is
+    allowed (it happens) but warned about with a `DeriskWarning`.
     """
     state = dict(load_state(roadmap, path))
     for eid, (outcome, spent) in updates.items():
@@ -124,8 +287,10 @@ def record_outcomes(
         if outcome == "untried":
             state.pop(eid, None)
             continue
-        if spent is not None and spent < 0:
-            raise StateFileError(f"--spent for `{eid}` must not be negative, got {spent}")
+        if spent is not None and not _amount_ok(spent):
+            raise StateFileError(
+                f"--spent for `{eid}` must be a finite non-negative number, got {spent}"
+            )
         state[eid] = {
             "outcome": outcome,
             "spent": roadmap.experiment(eid).cost.median if spent is None else spent,
@@ -143,6 +308,17 @@ def record_outcomes(
         path,
         json.dumps({"version": 1, "roadmap": roadmap.name, "outcomes": state}, indent=2) + "\n",
     )
+    total = sum(rec["spent"] for rec in state.values())
+    if total > roadmap.budget * (1 + 1e-9):
+        unit = roadmap.unit_label()
+        u = f" {unit}" if unit else ""
+        warnings.warn(
+            f"{path}: the recorded experiments spent {total:,.6g}{u} in total, more than the "
+            f"budget of {roadmap.budget:,.6g}{u}; planning continues with nothing left (raise "
+            "`budget:` in the roadmap if more compute is available, or fix --spent)",
+            DeriskWarning,
+            stacklevel=2,
+        )
     return state
 
 

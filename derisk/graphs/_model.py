@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
 from scipy import stats
+
+from derisk.errors import DeriskWarning
+
+# Budget levels: at most MAX_LEVELS in any solve (the state-space guard multiplies states
+# by levels; past 10 million levels one state's value vector alone is 80 MB), and at most
+# MAX_AUTO_LEVELS when derisk chooses the step itself. 2,000 levels keep every cost within
+# MAX_INFLATION of its value whenever the cheapest cost is at least ~1% of the budget, and
+# keep a 20-experiment roadmap's value arrays in memory; finer steps are the user's call.
+MAX_LEVELS = 10_000_000
+MAX_AUTO_LEVELS = 2_000
+USUAL_LEVELS = 200  # the automatic step's levels before this rule: budget / 200
+MAX_INFLATION = 0.05  # the most rounding up to whole steps may inflate a cost, relatively
+MAX_UNITS = 2**62  # clamp for cost units when no cap is given: never wrap int64
 
 # z-score of the 90th percentile of a standard normal: p90 = median * exp(Z90 * sigma).
 Z90 = float(stats.norm.ppf(0.9))
@@ -35,23 +49,37 @@ class Cost:
         sigma = math.log(self.p90 / self.median) / Z90
         return self.median * math.exp(sigma**2 / 2)
 
-    def levels(self, resolution: float, *, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """Discretise into whole resolution units: (units int64 (K,), probs (K,)).
+    def values(self, *, bins: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """The discretised distribution in the roadmap's unit: (values (K,), probs (K,)).
 
         A lognormal is cut into `bins` equal-probability bins, each represented by
-        its conditional median (the quantile at the bin's middle). Costs round up
-        to whole units (never plan to do more than the budget allows); a float
-        tolerance keeps 40/10 at 4 units, not 5.
+        its conditional median (the quantile at the bin's middle).
         """
         if not self.stochastic:
-            values = np.array([self.median])
-            probs = np.array([1.0])
-        else:
-            sigma = math.log(self.p90 / self.median) / Z90
-            q = (np.arange(bins) + 0.5) / bins
+            return np.array([self.median]), np.array([1.0])
+        sigma = math.log(self.p90 / self.median) / Z90
+        q = (np.arange(bins) + 0.5) / bins
+        with np.errstate(over="ignore"):  # an absurd p90 gives inf bins: clamped later
             values = self.median * np.exp(sigma * stats.norm.ppf(q))
-            probs = np.full(bins, 1.0 / bins)
-        units = np.ceil(values / resolution - 1e-9).astype(np.int64)
+        return values, np.full(bins, 1.0 / bins)
+
+    def levels(
+        self, resolution: float, *, bins: int = 8, cap: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Discretise into whole resolution units: (units int64 (K,), probs (K,)).
+
+        Costs round up to whole units (never plan to do more than the budget allows);
+        a float tolerance keeps 40/10 at 4 units, not 5. Units are clamped at `cap`
+        (pass the budget's levels + 1: "more than the whole budget"), so that a cost of
+        any size stays unaffordable instead of overflowing int64.
+        """
+        values, probs = self.values(bins=bins)
+        with np.errstate(over="ignore"):
+            steps = values / resolution - 1e-9
+        # A cost beyond the budget is unaffordable whatever its size: clamp before the cast,
+        # which would otherwise wrap a cost of 1e19 steps around to a negative (or zero).
+        steps = np.minimum(steps, float(min(cap, MAX_UNITS)) if cap is not None else MAX_UNITS)
+        units = np.ceil(steps).astype(np.int64)
         units = np.maximum(units, 0)
         uniq, inv = np.unique(units, return_inverse=True)
         merged = np.bincount(inv, weights=probs)
@@ -117,6 +145,9 @@ class Roadmap:
     compute_price: float = 0.0
     hypotheses: dict[str, float] = field(default_factory=dict)
     source: str = "<roadmap>"
+    # `--set` overrides applied, in order: {"set": "pilot.p=0.3", "target": "pilot.p",
+    # "before": 0.5, "after": 0.3}, values in the roadmap's unit (see load_with_overrides)
+    overrides: tuple[dict, ...] = field(default=(), compare=False)
 
     def __hash__(self) -> int:
         return hash((self.name, self.source, self.budget, tuple(self.experiments)))
@@ -142,17 +173,200 @@ class Roadmap:
         return g
 
     def effective_resolution(self) -> float:
-        """The budget step: as given, else the gcd of integer costs, else budget/200."""
+        """The budget step: as given, else the one `choose_resolution` picks.
+
+        Warns (`DeriskWarning`) when no automatic step within `MAX_AUTO_LEVELS` keeps
+        every cost within `MAX_INFLATION`, naming the worst-rounded experiment.
+        """
         if self.resolution is not None:
             return self.resolution
-        amounts = [self.budget] + [e.cost.median for e in self.experiments if not e.cost.stochastic]
-        if all(float(a).is_integer() for a in amounts):
-            g = 0
-            for a in amounts:
-                g = math.gcd(g, int(a))
-            if g > 0 and self.budget / g <= 2000:
-                return float(g)
-        return self.budget / 200 if self.budget > 0 else 1.0
+        choice = choose_resolution(self.budget, [(e.id, e.cost) for e in self.experiments])
+        if choice.inflation > MAX_INFLATION:
+            unit = self.unit_label()
+            u = f" {unit}" if unit else ""
+            change = (choice.worst_rounded - choice.worst_cost) / choice.worst_cost
+            levels = self.budget / choice.suggested
+            fix = (
+                f"set `resolution:` in the file or pass --resolution (e.g. "
+                f"{choice.suggested:g}{u}, {levels:,.0f} levels, slower)"
+                if levels <= MAX_LEVELS
+                else f"the budget is more than {MAX_LEVELS:,} of its cheapest steps; plan "
+                "with a smaller budget, or merge the cheapest experiments into others"
+            )
+            warnings.warn(
+                f"{self.source}: no budget step of at most {MAX_AUTO_LEVELS:,} levels keeps "
+                f"every cost within {MAX_INFLATION:.0%}: with a step of {choice.step:g}{u}, "
+                f"`{choice.worst_id}` costing {choice.worst_cost:g}{u} plans as "
+                f"{choice.worst_rounded:g}{u} ({change:+.0%}); " + fix,
+                DeriskWarning,
+                stacklevel=2,
+            )
+        return choice.step
 
     def unit_label(self) -> str:
         return {"gpu_hours": "GPU-h", "flops": "FLOP"}.get(self.unit or "", "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResolutionChoice:
+    """An automatic budget step and how much it inflates the worst-rounded cost.
+
+    `inflation` is (rounded - cost) / cost for the worst cost among deterministic
+    costs, stochastic medians and the bins of stochastic costs (those within the
+    budget); `suggested` is a step that keeps it within `MAX_INFLATION` ignoring the
+    level cap (equal to `step` when `step` does).
+    """
+
+    step: float
+    levels: int
+    inflation: float
+    worst_id: str | None
+    worst_cost: float
+    worst_rounded: float
+    suggested: float
+
+
+def _rounded_up(amount: float, step: float) -> float:
+    return math.ceil(amount / step - 1e-9) * step  # as `Cost.levels` rounds
+
+
+def _nice_steps(hi: float, lo: float):
+    """1, 2, 2.5, 5 x 10^k from the largest <= hi down to lo, largest first."""
+    if not (hi > 0 and math.isfinite(hi)):
+        return
+    k = math.floor(math.log10(hi)) + 1
+    while True:
+        for m in (5.0, 2.5, 2.0, 1.0):
+            s = m * 10.0**k
+            if s < lo:
+                return
+            if s <= hi:
+                yield s
+        k -= 1
+
+
+def choose_resolution(
+    budget: float,
+    costs: list[tuple[str, Cost]],
+    *,
+    max_levels: int = MAX_AUTO_LEVELS,
+    max_inflation: float = MAX_INFLATION,
+    bins: int = 8,
+) -> ResolutionChoice:
+    """A budget step that rounds no cost up by more than `max_inflation`, if one exists.
+
+    "No cost" covers deterministic costs, the medians of stochastic costs, and the mean
+    of each stochastic cost's bins (so a step as coarse as the median cannot lump the
+    whole distribution into one or two steps). Costs above the budget are unaffordable
+    at any step and are not counted.
+
+    Costs round up to whole steps and the budget down, so a coarse step inflates cheap
+    experiments (a 120 GPU-h run planned as 360) and a fine one multiplies the solver's
+    work. Among "nice" steps (1, 2, 2.5, 5 x 10^k) with at most `max_levels` levels, one
+    that keeps every cost within `max_inflation` (and loses at most that share
+    of the budget) wins, the most accurate one when one within `USUAL_LEVELS` levels
+    qualifies; failing that, steps that divide the costs exactly; failing that, the
+    step within the cap with the smallest worst inflation.
+
+    >>> choose_resolution(72000.0, [("a", Cost(median=120.0))]).step
+    120.0
+    """
+    if not (budget > 0 and math.isfinite(budget)):
+        return ResolutionChoice(
+            step=1.0, levels=0, inflation=0.0, worst_id=None, worst_cost=0.0,
+            worst_rounded=0.0, suggested=1.0,
+        )  # fmt: skip
+    amounts: list[tuple[float, str]] = []  # (cost or median, id), in (0, budget]
+    spreads = []  # (id, bin values, bin probs) of stochastic costs, bins in (0, budget]
+    exact: list[float] = []  # amounts a step may divide exactly
+    for eid, cost in costs:
+        if 0 < cost.median <= budget:
+            amounts.append((cost.median, eid))
+        if cost.stochastic:
+            values, probs = cost.values(bins=bins)
+            keep = (values > 0) & (values <= budget)
+            if keep.any():
+                spreads.append((eid, values[keep], probs[keep]))
+        else:
+            exact.append(cost.median)
+    amounts.sort()
+    # Only the cheapest amounts can be inflated much; the rest bound the work per step.
+    distinct = list(dict.fromkeys(a for a, _ in amounts))
+
+    def worst(step: float) -> tuple[float, float, str | None, float]:
+        """(inflation, cost, id, rounded cost) of the worst-rounded cost at this step."""
+        levels = math.floor(budget / step + 1e-9)
+        out = ((budget - levels * step) / budget, budget, None, levels * step)
+        for a, eid in amounts:
+            rounded = _rounded_up(a, step)
+            # a cost under 1e-9 steps rounds down to free: never a good step for it
+            inflation = (rounded - a) / a if rounded > 0 else math.inf
+            if inflation > out[0]:
+                out = (inflation, a, eid, rounded)
+        for eid, values, probs in spreads:
+            # a stochastic cost's mean over its bins (each rounded up to whole steps)
+            mean = float(values @ probs) / float(probs.sum())
+            units = np.maximum(np.ceil(values / step - 1e-9), 0)
+            rounded = float((units * step) @ probs) / float(probs.sum())
+            inflation = (rounded - mean) / mean if rounded > 0 else math.inf
+            if inflation > out[0]:
+                out = (inflation, mean, eid, rounded)
+        return out
+
+    lo = budget / max_levels
+    nice = list(_nice_steps(budget, lo))
+    # Within the levels derisk always used (budget/200), the most accurate nice step;
+    # else the coarsest nice step within the cap that keeps every cost within tolerance.
+    usual = [s for s in nice if s >= budget / USUAL_LEVELS]
+    chosen = min(usual, key=lambda s: (worst(s)[0], -s)) if usual else None
+    if chosen is None or worst(chosen)[0] > max_inflation:
+        chosen = next((s for s in nice if worst(s)[0] <= max_inflation), None)
+    if chosen is None:
+        # Steps that make the cheapest costs exact: c / k for the finest k within the cap.
+        others = [lo]
+        for a in distinct[:20] + [e for e in exact if 0 < e <= budget][:20]:
+            k = max(1, math.floor(a / lo))
+            others += [a / j for j in (k, k - 1, k - 2) if j >= 1]
+        g = _common_step(exact + [budget])
+        if g is not None:
+            others.append(g)
+        candidates = sorted(set(nice + [s for s in others if s >= lo * (1 - 1e-12)]))[::-1]
+        ok = [s for s in candidates if worst(s)[0] <= max_inflation]
+        chosen = ok[0] if ok else min(candidates, key=lambda s: (worst(s)[0], -s))
+    inflation, cost, eid, rounded = worst(chosen)
+    suggested = chosen
+    if inflation > max_inflation:
+        # Ignoring the cap: a nice step below the cheapest amount's tolerance always works.
+        cheapest = distinct[0] if distinct else budget
+        suggested = next(
+            (
+                s
+                for s in _nice_steps(chosen, cheapest * max_inflation / 10)
+                if worst(s)[0] <= max_inflation
+            ),
+            cheapest * max_inflation,
+        )
+    return ResolutionChoice(
+        step=float(chosen),
+        levels=math.floor(budget / chosen + 1e-9),
+        inflation=float(inflation),
+        worst_id=eid,
+        worst_cost=float(cost),
+        worst_rounded=float(rounded),
+        suggested=float(suggested),
+    )
+
+
+def _common_step(amounts: list[float]) -> float | None:
+    """The largest step dividing every amount exactly (to 6 decimals), or None."""
+    positive = [a for a in amounts if a > 0]
+    if not positive:
+        return None
+    for scale in (1, 10**6):
+        scaled = [a * scale for a in positive]
+        if all(abs(x - round(x)) <= 1e-9 * max(1.0, x) and x < 2**62 for x in scaled):
+            g = 0
+            for x in scaled:
+                g = math.gcd(g, round(x))
+            return g / scale
+    return None

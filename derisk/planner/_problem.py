@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 
 from derisk.errors import SolverError
-from derisk.graphs import Conditional, Roadmap
+from derisk.graphs import MAX_LEVELS, Conditional, Roadmap
 
 # Status codes of one experiment inside a state.
 UNTRIED, SUCCESS, FAILED, DEAD = 0, 1, 2, 3
@@ -104,14 +104,22 @@ def compile_roadmap(
         raise SolverError(f"{roadmap.source}: {len(hyps)} hypotheses; at most {MAX_HYPOTHESES}.")
     total = roadmap.budget if budget is None else float(budget)
     if not np.isfinite(total) or total < 0:
-        raise SolverError(f"budget must be a non-negative number, got {budget!r}")
+        raise SolverError(f"--budget must be a non-negative finite number, got {budget!r}")
     if resolution is not None:
         res = float(resolution)
+        if not (np.isfinite(res) and res > 0):
+            raise SolverError(f"--resolution must be a positive number, got {resolution!r}")
     else:
         res = replace(roadmap, budget=total).effective_resolution()
-    if not (np.isfinite(res) and res > 0):
-        raise SolverError(f"resolution must be a positive number, got {resolution!r}")
-    levels = int(np.floor(total / res + 1e-9))
+    steps = total / res
+    if steps > MAX_LEVELS:
+        given = "--resolution" if resolution is not None else "`resolution:`"
+        raise SolverError(
+            f"{roadmap.source}: a budget of {total:g} in steps of {res:g} ({given}) is "
+            f"{steps:,.3g} budget levels; at most {MAX_LEVELS:,}: raise {given} to at least "
+            f"{total / MAX_LEVELS:.3g}, or lower the budget"
+        )
+    levels = int(np.floor(steps + 1e-9))
     index = {e.id: i for i, e in enumerate(roadmap.experiments)}
 
     configs = list(itertools.product((1, 0), repeat=len(hyps)))  # 1 = hypothesis true
@@ -131,7 +139,8 @@ def compile_roadmap(
 
     units, probs = [], []
     for e in roadmap.experiments:
-        u, q = e.cost.levels(res, bins=cost_bins)
+        # Clamped at levels + 1, "more than the whole budget": unaffordable, never wrapped.
+        u, q = e.cost.levels(res, bins=cost_bins, cap=levels + 1)
         units.append(u)
         probs.append(q)
     clauses = tuple(
@@ -143,8 +152,10 @@ def compile_roadmap(
     status = np.zeros(n, dtype=np.int8)
     for eid, outcome in (outcomes or {}).items():
         status[index[eid]] = SUCCESS if outcome == "success" else FAILED
-    remaining = total - spent
-    start = max(0, int(np.floor(remaining / res + 1e-9)))
+    if not np.isfinite(spent):
+        raise SolverError(f"compute spent must be a finite number, got {spent!r}")
+    start_steps = (total - spent) / res  # in [-inf, levels]: clip before the int cast
+    start = int(np.floor(min(max(start_steps, 0.0), levels) + 1e-9))
     return PlanningProblem(
         ids=tuple(e.id for e in roadmap.experiments),
         titles=tuple(e.title for e in roadmap.experiments),

@@ -52,6 +52,11 @@ def _start_belief(pr) -> np.ndarray:
     return belief / total if total > 0 else pr.prior  # impossible record: keep the prior
 
 
+CHUNK = 1 << 16  # episodes simulated at once: bounds the (episodes, n) temporaries
+# Bytes per episode kept for the result (reward, compute, value as float64).
+BYTES_PER_EPISODE = 24
+
+
 def simulate(
     solution: Solution,
     policy: str = "optimal",
@@ -60,22 +65,43 @@ def simulate(
     seed: int = 0,
     level: int | None = None,
 ) -> SimulationResult:
-    """Run `episodes` independent episodes of a policy from the start state."""
+    """Run `episodes` independent episodes of a policy from the start state.
+
+    Episodes run in chunks of `CHUNK` from one random stream, so memory beyond the
+    per-episode results (`BYTES_PER_EPISODE` each) does not grow with `episodes`.
+    """
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
-    pr, sp = solution.problem, solution.space
+    pr = solution.problem
     table = solution.policy_table(policy)
     rng = np.random.default_rng(seed)
-    N = episodes
     K = max(len(c) for c in pr.cost_units)
     cu = np.zeros((pr.n, K), dtype=np.int64)
     cq = np.zeros((pr.n, K))
     for i, (c, q) in enumerate(zip(pr.cost_units, pr.cost_probs, strict=True)):
         cu[i, : len(c)], cq[i, : len(c)] = c, q
     ccum = np.cumsum(cq, axis=1)
-    config = rng.choice(len(pr.prior), size=N, p=_start_belief(pr))
+    belief = _start_belief(pr)
+    start = pr.start_budget if level is None else level
+    reward = np.empty(episodes)
+    spent = np.empty(episodes)
+    for lo in range(0, episodes, CHUNK):
+        hi = min(lo + CHUNK, episodes)
+        reward[lo:hi], spent[lo:hi] = _episodes(
+            solution, table, rng, hi - lo, start, belief, cu, ccum
+        )
+    compute = spent * pr.resolution
+    return SimulationResult(
+        policy=policy, reward=reward, compute=compute, value=reward - pr.price_per_unit * spent
+    )
+
+
+def _episodes(solution, table, rng, N, start, belief, cu, ccum):
+    """(reward, budget units spent) of N episodes."""
+    pr, sp = solution.problem, solution.space
+    config = rng.choice(len(pr.prior), size=N, p=belief)
     s = np.full(N, sp.root, dtype=np.int64)
-    b = np.full(N, pr.start_budget if level is None else level, dtype=np.int64)
+    b = np.full(N, start, dtype=np.int64)
     reward = np.zeros(N)
     spent = np.zeros(N, dtype=np.int64)
     active = np.ones(N, dtype=bool)
@@ -103,10 +129,7 @@ def simulate(
             over, sp.succ_d[si, ai], np.where(win, sp.succ_s[si, ai], sp.succ_f[si, ai])
         )
         b[idx] = np.where(over, 0, bi - c)
-    compute = spent * pr.resolution
-    return SimulationResult(
-        policy=policy, reward=reward, compute=compute, value=reward - pr.price_per_unit * spent
-    )
+    return reward, spent
 
 
 @dataclass(frozen=True)
