@@ -570,10 +570,8 @@ def _validate(data: Any, source: str) -> Roadmap:
         eid = str(eid)
         if eid in ids:
             first = ids[eid]
-            ck.err(
-                item.value_marks.get("id"),
-                f"duplicate experiment id `{eid}` (first defined on line {first.line})",
-            )
+            where = f" (first defined on line {first.line})" if first and first.line else ""
+            ck.err(item.value_marks.get("id"), f"duplicate experiment id `{eid}`{where}")
         else:
             ids[eid] = item.value_marks.get("id")
 

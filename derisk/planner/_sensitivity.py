@@ -156,8 +156,8 @@ def _set(problem: PlanningProblem, roadmap: Roadmap, knob: _Knob, x: float) -> P
     new = Cost(median=x, p90=None if cost.p90 is None else cost.p90 * scale)
     if cost.median <= 0:
         new = Cost(median=x)
-    units, probs = new.levels(problem.resolution)
-    units = np.minimum(units, problem.levels + 1)  # beyond the budget is unaffordable
+    # beyond the budget is unaffordable, however far: clamp, as compile_roadmap does
+    units, probs = new.levels(problem.resolution, cap=problem.levels + 1)
     uniq, inv = np.unique(units, return_inverse=True)
     costs = list(problem.cost_units)
     cprobs = list(problem.cost_probs)
