@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from derisk._numbers import fmt as _fmt
 from derisk.planner._heuristics import HEURISTICS
 from derisk.planner._problem import FAILED, SUCCESS, PlanningProblem
 from derisk.planner._sensitivity import _config_bits, evpi
@@ -149,10 +150,6 @@ def _branches(solution: Solution, i: int) -> tuple[list[Branch], float]:
             )
         )
     return out, 1.0 - p_fit
-
-
-def _fmt(x: float) -> str:
-    return f"{x:,.3g}" if abs(x) < 1e4 else f"{x:,.0f}"
 
 
 def _summary(ex_actions, best, value, posteriors, heur, unit_label) -> str:

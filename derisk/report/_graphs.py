@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from derisk._numbers import fmt as _num
 from derisk.errors import DeriskError
 from derisk.graphs import Conditional, Roadmap
 
@@ -24,12 +25,6 @@ def _m(text: str) -> str:
     """A Mermaid label: quoted, with the characters Mermaid reads specially escaped."""
     safe = str(text).replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
     return '"' + safe.replace("\n", "<br/>") + '"'
-
-
-def _num(x: float) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.4g}" if abs(x) < 1e5 else f"{x:,.0f}" if abs(x) < 1e12 else f"{x:.3g}"
 
 
 def _p_text(e, hypotheses) -> str:

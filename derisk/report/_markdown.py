@@ -13,8 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from derisk._numbers import fmt as _num
 from derisk.errors import DeriskError
 from derisk.graphs import Conditional, Roadmap
 from derisk.planner import Solution, plan_report, policy_tree, whatif_report
@@ -35,15 +34,6 @@ class ReportResult:
     path: Path  # report.md
     files: tuple[str, ...]  # every file written, relative to the folder
     notes: tuple[str, ...]  # what could not be drawn, and why
-
-
-def _num(x: float, unit: str = "") -> str:
-    if x is None or not np.isfinite(x):
-        return "-"
-    if abs(x) < 1e-9:
-        x = 0.0
-    s = f"{x:,.4g}" if abs(x) < 1e5 else f"{x:,.0f}" if abs(x) < 1e12 else f"{x:.3g}"
-    return f"{s} {unit}".strip()
 
 
 def _cell(text) -> str:
