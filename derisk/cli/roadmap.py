@@ -58,7 +58,10 @@ ResOpt = Annotated[
     ),
 ]
 MaxStatesOpt = Annotated[
-    int, typer.Option("--max-states", help="Refuse problems with more reachable states than this.")
+    int,
+    typer.Option(
+        "--max-states", min=1, help="Refuse problems with more reachable states than this."
+    ),
 ]
 MaxMemOpt = Annotated[
     float,
@@ -113,7 +116,7 @@ class PlanInput:
     path: Path
     outcomes: dict  # id -> "success" | "failure"
     spent: float  # compute the recorded outcomes spent, in the roadmap's unit
-    ignored: int  # recorded outcomes left out because of --fresh
+    ignored: bool  # a state file exists and --fresh left it out
     overrides: tuple  # the graphs library's Roadmap.overrides (dicts), when present
 
     def as_json(self) -> dict:
@@ -128,14 +131,13 @@ class PlanInput:
 def plan_input(file: Path | None, sets: list[str] | None, fresh: bool) -> PlanInput:
     path = Path(file) if file is not None else example_path()
     roadmap = load_with_overrides(path, sets) if sets else load_roadmap(path)
-    outcomes, spent, ignored = {}, 0.0, 0
-    if file is not None:  # the bundled example never carries a state file
+    outcomes, spent, ignored = {}, 0.0, False
+    if file is not None and fresh:  # ignored whole, even when it is unreadable
+        ignored = state_path(path).exists()
+    elif file is not None:  # the bundled example never carries a state file
         state = load_state(roadmap, state_path(path))
-        if fresh:
-            ignored = len(state)
-        else:
-            outcomes = {k: v["outcome"] for k, v in state.items()}
-            spent = float(sum(v["spent"] for v in state.values()))
+        outcomes = {k: v["outcome"] for k, v in state.items()}
+        spent = float(sum(v["spent"] for v in state.values()))
     return PlanInput(
         roadmap=roadmap,
         path=path,
@@ -175,7 +177,7 @@ def print_context(inp: PlanInput) -> None:
             f"{fmt(inp.spent, unit)} spent; --fresh ignores them"
         )
     elif inp.ignored:
-        out.print(f"ignoring {inp.ignored} recorded outcome(s) (--fresh)")
+        out.print("ignoring the recorded outcomes (--fresh)")
 
 
 def solve_roadmap(
@@ -192,6 +194,10 @@ def solve_roadmap(
     from derisk.errors import ProblemTooLarge
     from derisk.planner import SolveConfig, build_space, compile_roadmap, solve
 
+    import math
+
+    if not (math.isfinite(max_memory_gb) and max_memory_gb > 0):
+        raise DeriskError(f"--max-memory must be a positive number of GiB, got {max_memory_gb}")
     roadmap = inp.roadmap
     problem = compile_roadmap(
         roadmap, budget=budget, resolution=resolution, outcomes=inp.outcomes, spent=inp.spent
@@ -389,7 +395,7 @@ def whatif(
         typer.Option("--png", help="Also save a matplotlib figure (PNG or SVG by extension)."),
     ] = None,
     rows: Annotated[
-        int, typer.Option("--rows", help="Table rows (change points always shown).")
+        int, typer.Option("--rows", min=1, help="Table rows (change points always shown).")
     ] = 12,
     max_states: MaxStatesOpt = 2_000_000,
     max_memory: MaxMemOpt = 8.0,
@@ -499,7 +505,7 @@ def _whatif_chart(w, goal, unit) -> None:
 def simulate(
     file: FileArg = None,
     n: Annotated[int, typer.Option("-n", "--episodes", help="Episodes per policy.")] = 20_000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     budget: BudgetOpt = None,
     set_: SetOpt = None,
     fresh: FreshOpt = False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -260,7 +261,42 @@ def load_state(roadmap: Roadmap, path: Path) -> dict[str, dict]:
                 f"{path}: bad record for `{eid}` (expected outcome success|failure and "
                 f"`spent`, a finite non-negative number); fix or delete the state file"
             )
+    problem = _inconsistent(roadmap, outcomes)
+    if problem:
+        raise StateFileError(
+            f"{path}: {problem}, which cannot happen; fix the file, or clear it with "
+            "`derisk record FILE ID=untried`"
+        )
     return outcomes
+
+
+def _inconsistent(roadmap: Roadmap, outcomes: dict) -> str | None:
+    """Why a set of recorded outcomes cannot have happened (None when it can): an
+    experiment only runs once a prerequisite of each of its clauses has succeeded."""
+    for eid in outcomes:
+        for clause in roadmap.experiment(eid).requires:
+            if not any(outcomes.get(a, {}).get("outcome") == "success" for a in clause):
+                need = clause[0] if len(clause) == 1 else "one of " + ", ".join(clause)
+                return f"`{eid}` is recorded but its prerequisite {need} did not succeed"
+    return None
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on the folder of `path` (POSIX flock) for a
+    read-modify-write, so that concurrent writers queue instead of losing updates. The
+    lock is on the folder itself, so nothing is left behind."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock available
+        yield
+        return
+    fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _amount_ok(x) -> bool:
@@ -273,41 +309,39 @@ def record_outcomes(
     """Validate and merge outcome updates, then write the state file atomically.
 
     `updates` maps id -> (outcome, spent); outcome "untried" clears a record; spent None
-    means the experiment's median cost. Spending more than the budget in total is
+    means the experiment's median cost. The read-merge-write holds a lock, so two
+    `derisk record` at once both land. Spending more than the budget in total is
     allowed (it happens) but warned about with a `DeriskWarning`.
     """
-    state = dict(load_state(roadmap, path))
-    for eid, (outcome, spent) in updates.items():
+    for eid, (_, spent) in updates.items():
         if eid not in roadmap.ids:
             close = difflib.get_close_matches(eid, list(roadmap.ids), n=1)
             raise StateFileError(
                 f"no experiment `{eid}` in {roadmap.source}"
                 + (f"; did you mean `{close[0]}`?" if close else "")
             )
-        if outcome == "untried":
-            state.pop(eid, None)
-            continue
         if spent is not None and not _amount_ok(spent):
             raise StateFileError(
                 f"--spent for `{eid}` must be a finite non-negative number, got {spent}"
             )
-        state[eid] = {
-            "outcome": outcome,
-            "spent": roadmap.experiment(eid).cost.median if spent is None else spent,
-        }
-    for eid in state:
-        e = roadmap.experiment(eid)
-        for clause in e.requires:
-            if not any(state.get(a, {}).get("outcome") == "success" for a in clause):
-                need = clause[0] if len(clause) == 1 else "one of " + ", ".join(clause)
+    try:
+        with locked(path):
+            state = dict(load_state(roadmap, path))
+            for eid, (outcome, spent) in updates.items():
+                if outcome == "untried":
+                    state.pop(eid, None)
+                    continue
+                median = roadmap.experiment(eid).cost.median
+                state[eid] = {"outcome": outcome, "spent": median if spent is None else spent}
+            problem = _inconsistent(roadmap, state)
+            if problem:
                 raise StateFileError(
-                    f"cannot record `{eid}`: its prerequisite {need} has not "
-                    "been recorded as a success"
+                    f"cannot record that: {problem} (record the prerequisite first)"
                 )
-    write_atomic(
-        path,
-        json.dumps({"version": 1, "roadmap": roadmap.name, "outcomes": state}, indent=2) + "\n",
-    )
+            body = {"version": 1, "roadmap": roadmap.name, "outcomes": state}
+            write_atomic(path, json.dumps(body, indent=2) + "\n")
+    except PermissionError as exc:
+        raise StateFileError(f"{path}: cannot write the state file ({exc.strerror})") from None
     total = sum(rec["spent"] for rec in state.values())
     if total > roadmap.budget * (1 + 1e-9):
         unit = roadmap.unit_label()
@@ -323,13 +357,24 @@ def record_outcomes(
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename: never half a file."""
+    """Write via a temporary file in the same folder and rename: never half a file.
+
+    The file keeps the permission bits it had; a new file gets the umask's (mkstemp
+    would leave 0600).
+    """
     path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        mode = 0o666 & ~mask
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
