@@ -191,10 +191,10 @@ def solve_roadmap(
 ):
     """Compile and solve from the recorded state, with a progress bar; a problem too large
     to solve is a user error that says what to change."""
+    import math
+
     from derisk.errors import ProblemTooLarge
     from derisk.planner import SolveConfig, build_space, compile_roadmap, solve
-
-    import math
 
     if not (math.isfinite(max_memory_gb) and max_memory_gb > 0):
         raise DeriskError(f"--max-memory must be a positive number of GiB, got {max_memory_gb}")
