@@ -27,7 +27,7 @@ def _cost_dist(cost, res, bins=8):
         probs = [1 / bins] * bins
     out: dict[int, float] = {}
     for v, q in zip(vals, probs, strict=True):
-        u = max(0, math.ceil(v / res - 1e-9))
+        u = max(1 if v > 0 else 0, math.ceil(v / res - 1e-9))
         out[u] = out.get(u, 0.0) + q
     return sorted(out.items())
 

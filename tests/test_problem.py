@@ -17,7 +17,7 @@ from derisk.graphs import (
     load_roadmap,
     roadmap_from_dict,
 )
-from derisk.planner import compile_roadmap, solve
+from derisk.planner import compile_roadmap, plan_report, solve
 
 
 def quiet(data):
@@ -78,7 +78,6 @@ def test_cost_levels_never_wrap_without_a_cap():
     ("kwargs", "field"),
     [
         ({"resolution": 1e-300}, "--resolution"),
-        ({"budget": 1e300, "resolution": 1.0}, "--resolution"),
         ({"resolution": float("nan")}, "--resolution"),
         ({"budget": float("inf")}, "--budget"),
     ],
@@ -87,6 +86,29 @@ def test_extreme_level_counts_are_refused(kwargs, field):
     r = quiet({"budget": 100, "experiments": [{"id": "x", "cost": 10, "p": 0.5, "reward": 1}]})
     with pytest.raises(SolverError, match=field):
         compile_roadmap(r, **kwargs)
+
+
+def test_budget_beyond_what_can_be_spent_plans_as_enough():
+    """A what-if budget far above every cost together changes nothing: same value, same
+    step (not a step coarsened until cheap runs round up, or down to free), and the
+    budget left is reported whole."""
+    d = {
+        "budget": 100,
+        "experiments": [
+            {"id": "a", "cost": 3, "p": 0.5},
+            {"id": "b", "cost": {"median": 20, "p90": 30}, "p": 0.6, "after": ["a"], "reward": 5},
+        ],
+    }
+    base = solve(compile_roadmap(quiet(d), resolution=1.0))
+    for budget in (1e6, 1e300):
+        auto = compile_roadmap(quiet(d), budget=budget)
+        assert auto.levels <= 2000
+        assert auto.cost_units[0][0] * auto.resolution <= 3 * 1.05  # a's 3 within 5%
+        pr = compile_roadmap(quiet(d), budget=budget, resolution=1.0)
+        assert pr.levels <= 100
+        sol = solve(pr)
+        assert sol.root_value == pytest.approx(base.root_value)
+        assert plan_report(sol).budget_left == pytest.approx(budget)
 
 
 def test_spent_is_clipped_and_must_be_finite():

@@ -80,7 +80,8 @@ class Cost:
         # which would otherwise wrap a cost of 1e19 steps around to a negative (or zero).
         steps = np.minimum(steps, float(min(cap, MAX_UNITS)) if cap is not None else MAX_UNITS)
         units = np.ceil(steps).astype(np.int64)
-        units = np.maximum(units, 0)
+        # a positive cost is never free, however fine the step is compared with it
+        units = np.where(values > 0, np.maximum(units, 1), 0)
         uniq, inv = np.unique(units, return_inverse=True)
         merged = np.bincount(inv, weights=probs)
         return uniq, merged

@@ -145,7 +145,7 @@ def _branches(solution: Solution, i: int) -> tuple[list[Branch], float]:
                 prob=prob * p_fit,
                 value=float(w @ solution.values[succ, left]),
                 next=None if a < 0 else pr.ids[a],
-                budget_left=float(median * pr.resolution),
+                budget_left=float(median * pr.resolution + pr.surplus),
                 posteriors=hypothesis_posteriors(pr, status),
             )
         )
@@ -255,7 +255,7 @@ def explain(solution: Solution, *, recorded: dict[str, str] | None = None) -> Ex
     return Explanation(
         next=nxt,
         value=value,
-        budget_left=float(b * pr.resolution),
+        budget_left=float(b * pr.resolution + pr.surplus),
         unit=pr.unit,
         posteriors=posteriors,
         recorded=dict(recorded or {}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 
 import networkx as nx
@@ -56,6 +57,9 @@ class PlanningProblem:
     price_per_unit: float
     start_status: np.ndarray
     start_budget: int
+    # Budget beyond what the roadmap could ever spend (every experiment at its largest
+    # cost), in the roadmap's unit: not planned over (it changes nothing), only reported.
+    surplus: float = 0.0
 
     @property
     def n(self) -> int:
@@ -105,13 +109,25 @@ def compile_roadmap(
     total = roadmap.budget if budget is None else float(budget)
     if not np.isfinite(total) or total < 0:
         raise SolverError(f"--budget must be a non-negative finite number, got {budget!r}")
+    # More budget than every experiment together could spend plans like exactly that much:
+    # the step is chosen for what can be spent, so a what-if "--budget 1e6" does not
+    # coarsen the step until the plan is worse (or free).
+    spendable = sum(float(e.cost.values(bins=cost_bins)[0].max()) for e in roadmap.experiments)
     if resolution is not None:
         res = float(resolution)
         if not (np.isfinite(res) and res > 0):
             raise SolverError(f"--resolution must be a positive number, got {resolution!r}")
     else:
-        res = replace(roadmap, budget=total).effective_resolution()
-    steps = total / res
+        res = replace(roadmap, budget=min(total, max(spendable, 0.0))).effective_resolution()
+    planned = total
+    if total > spendable:
+        # every experiment at its largest cost, in whole steps (floats: no cap, no wrap)
+        need = sum(
+            math.ceil(float(e.cost.values(bins=cost_bins)[0].max()) / res - 1e-9)
+            for e in roadmap.experiments
+        )
+        planned = min(total, need * res)
+    steps = planned / res
     if steps > MAX_LEVELS:
         given = "--resolution" if resolution is not None else "`resolution:`"
         raise SolverError(
@@ -156,6 +172,7 @@ def compile_roadmap(
         raise SolverError(f"compute spent must be a finite number, got {spent!r}")
     start_steps = (total - spent) / res  # in [-inf, levels]: clip before the int cast
     start = int(np.floor(min(max(start_steps, 0.0), levels) + 1e-9))
+    surplus = max(0.0, (total - spent) - levels * res) if planned < total else 0.0
     return PlanningProblem(
         ids=tuple(e.id for e in roadmap.experiments),
         titles=tuple(e.title for e in roadmap.experiments),
@@ -174,4 +191,5 @@ def compile_roadmap(
         price_per_unit=roadmap.compute_price * res,
         start_status=status,
         start_budget=min(start, levels),
+        surplus=surplus,
     )

@@ -62,7 +62,7 @@ def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
         tree=policy_tree(solution, s, b, depth),
         states=sp.size,
         solve_seconds=solution.seconds,
-        budget_left=float(b * pr.resolution),
+        budget_left=float(b * pr.resolution + pr.surplus),
     )
 
 
@@ -80,12 +80,12 @@ def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
         return {
             "action": None,
             "value": float(solution.values[s, b]),
-            "budget_left": float(b * pr.resolution),
+            "budget_left": float(b * pr.resolution + pr.surplus),
         }
     node = {
         "action": pr.ids[a],
         "value": float(solution.values[s, b]),
-        "budget_left": float(b * pr.resolution),
+        "budget_left": float(b * pr.resolution + pr.surplus),
         "outcomes": [],
     }
     if depth <= 1:
@@ -97,7 +97,10 @@ def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
         left, w = b - cu[fits], cq[fits] / p_fit
         order = np.argsort(left)
         median = int(left[order][np.searchsorted(np.cumsum(w[order]), 0.5 - 1e-12)])
-        span = [float(left.min() * pr.resolution), float(left.max() * pr.resolution)]
+        span = [
+            float(left.min() * pr.resolution + pr.surplus),
+            float(left.max() * pr.resolution + pr.surplus),
+        ]
     else:
         median, span = 0, [0.0, 0.0]
     p = float(sp.p[s, a])
