@@ -29,6 +29,8 @@ def _save(fig, path: str | Path) -> Path:
     """Write a figure (format from the extension); a bad path is the user's error."""
     plt = _pyplot()
     path = Path(path)
+    if not path.suffix:  # matplotlib would add .png itself; say the name it gets
+        path = path.with_name(path.name + ".png")
     try:
         fig.savefig(path, dpi=150)
     except (OSError, ValueError) as exc:

@@ -133,7 +133,7 @@ def test_every_roadmap_command_plans_from_the_recorded_state(tmp_path):
 
     text = run("whatif", p)
     assert "planning from 1 recorded outcome" in text.stdout and "40 GPU-h spent" in text.stdout
-    assert "ignoring 1 recorded" in run("simulate", p, "-n", "100", "--fresh").stdout
+    assert "ignoring the recorded outcomes" in run("simulate", p, "-n", "100", "--fresh").stdout
 
 
 def test_record_refuses_duplicates_and_unknown_ids(tmp_path):

@@ -39,7 +39,7 @@ def _resolve(roadmap, base_problem):
     sol = solve(
         compile_roadmap(
             roadmap,
-            budget=base_problem.levels * base_problem.resolution,
+            budget=base_problem.levels * base_problem.resolution + base_problem.surplus,
             resolution=base_problem.resolution,
         )
     )

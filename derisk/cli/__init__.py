@@ -110,6 +110,11 @@ def main() -> None:
             raise
         report(exc)
         sys.exit(2)
+    except BrokenPipeError:  # `derisk plan | head -2`: the reader has all it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 __all__ = ["GLOBAL_OPTIONS", "Problem", "app", "emit", "hoist_global_options", "main"]

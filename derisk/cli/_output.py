@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import warnings
 from typing import Annotated
@@ -23,8 +24,19 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from derisk._numbers import fmt
 from derisk.errors import DeriskError, DeriskWarning, RoadmapError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+def _width(stream) -> int | None:
+    """Terminals set their own width; piped or redirected output is not wrapped at 80
+    columns (which would break ids and numbers), unless COLUMNS says otherwise."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return None if tty or "COLUMNS" in os.environ else 200
+
+
+out = Console(highlight=False, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 # Global options (set by the app's callback, wherever they were given on the line).
 state: dict = {"debug": False, "store": None}

@@ -118,6 +118,10 @@ def sensitivity(
         float, typer.Option("--cost-factor", help="Tornado range for costs: cost / and x this.")
     ] = 2.0,
     top: Annotated[int, typer.Option("--top", help="Rows of the tornado table.")] = 15,
+    no_flips: Annotated[
+        bool,
+        typer.Option("--no-flips", help="Skip the flip points (most of the work) on big roadmaps."),
+    ] = False,
     png: Annotated[
         Path | None, typer.Option("--png", help="Also save the tornado as a PNG (or SVG).")
     ] = None,
@@ -145,6 +149,7 @@ def sensitivity(
         max_states=max_states,
         max_memory_gb=max_memory,
     )
+    _estimate(sol, roadmap, no_flips)
     with progress("{task.completed}/{task.total}") as bar:
         task = bar.add_task("re-solving", total=sensitivity_steps(roadmap))
         res = analyse(
@@ -152,13 +157,14 @@ def sensitivity(
             sol,
             p_step=p_step,
             cost_factor=cost_factor,
+            flips=not no_flips,
             progress=lambda k: bar.advance(task, k),
         )
     unit = roadmap.unit_label()
     if png is not None:
         from derisk.report import tornado_figure
 
-        tornado_figure(res, png, unit=unit)
+        png = tornado_figure(res, png, unit=unit)
     if as_json:
         emit(
             {
@@ -180,9 +186,8 @@ def sensitivity(
     )
     t = Table(title=f"Tornado (costs in {unit or 'budget units'})", title_justify="left")
     for col in ("input", "now", "dV/dx", "range", "value over range", "flips below", "flips above"):
-        t.add_column(
-            col, justify="left" if col == "input" else "right", overflow="fold", min_width=5
-        )
+        first = col == "input"
+        t.add_column(col, justify="left" if first else "right", no_wrap=first, overflow="fold")
     for p in res.parameters[:top]:
         what = p.param if p.branch is None else f"p.{p.branch}"
         cost = p.param == "cost"
@@ -190,8 +195,8 @@ def sensitivity(
         def v(x, _cost=cost):
             return fmt(x) if _cost else fmt(x, p=True)
 
-        fb = "-" if p.flip_below is None else f"{v(p.flip_below)}: {p.next_below}"
-        fa = "-" if p.flip_above is None else f"{v(p.flip_above)}: {p.next_above}"
+        fb = "-" if p.flip_below is None else f"{v(p.flip_below)} {p.next_below}"
+        fa = "-" if p.flip_above is None else f"{v(p.flip_above)} {p.next_above}"
         t.add_row(
             escape(f"{p.node}.{what}"),
             v(p.base),
@@ -207,7 +212,10 @@ def sensitivity(
     out.print(
         "dV/dx: exact derivative of the optimal value (for a cost: per "
         f"{unit or 'unit'}, from one budget step more). flips: the nearest value at which the "
-        "recommended first experiment changes, and to what."
+        "recommended first experiment changes, and to what. Costs are medians; a lognormal "
+        "cost keeps its spread (p90 scales with it). Every re-solve used the plan's budget "
+        f"step of {fmt(res.resolution, unit)}: reproduce a number with `derisk plan FILE "
+        f"--set X=... --resolution {res.resolution:g}`."
     )
     ev = sorted(res.evpi_experiments.items(), key=lambda kv: -kv[1])
     out.print(
@@ -224,33 +232,61 @@ def sensitivity(
         out.print(f"tornado saved to {escape(str(png))}")
 
 
+def _estimate(sol, roadmap, no_flips: bool) -> None:
+    """Say up front when the analysis will take a while (stderr)."""
+    from derisk.cli._output import err
+    from derisk.planner._sensitivity import SOLVES_PER_INPUT
+
+    inputs = sum(2 if not isinstance(e.p, float) else 1 for e in roadmap.experiments)
+    inputs += len(roadmap.hypotheses) + len(roadmap.experiments)
+    solves = inputs * (4 if no_flips else SOLVES_PER_INPUT)
+    seconds = solves * max(sol.seconds, 1e-4)
+    if seconds > 30:
+        hint = "" if no_flips else "; --no-flips skips the flip points, most of the work"
+        err.print(
+            f"sensitivity: about {solves:,} re-solves of ~{sol.seconds:.2g} s each, "
+            f"~{seconds / 60:.0f} min{hint}",
+            soft_wrap=True,
+        )
+
+
 # ---------------------------------------------------------------- graph
 
 
 @command
 def graph(
     file: FileArg = None,
-    fmt_: Annotated[str, typer.Option("--format", help="dot | mermaid (text on stdout).")] = "dot",
+    fmt_: Annotated[
+        str, typer.Option("--format", help="dot | mermaid, for the text on stdout.")
+    ] = "dot",
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Write here; .png/.svg/.pdf render with Graphviz."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Write to a file instead; the extension picks the format: .dot, .mmd, or "
+            ".png/.svg/.pdf rendered with Graphviz.",
+        ),
     ] = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
 ):
     """The roadmap DAG with p, cost and reward, as Graphviz DOT or Mermaid."""
+    import sys
+
     from derisk.report import roadmap_dot, roadmap_mermaid
 
     if fmt_ not in ("dot", "mermaid"):
         raise DeriskError(f"--format must be dot or mermaid, got {fmt_!r}")
     inp = plan_input(file, set_, True)
-    text = roadmap_dot(inp.roadmap) if fmt_ == "dot" else roadmap_mermaid(inp.roadmap)
-    written = write_graph(text, output, fmt_) if output is not None else None
+    dot, mermaid = roadmap_dot(inp.roadmap), roadmap_mermaid(inp.roadmap)
+    written = None
+    if output is not None:
+        written = write_graph(output, "-o", dot=dot, mermaid=mermaid)
+    text = dot if fmt_ == "dot" else mermaid
     if as_json:
         emit({"roadmap": inp.roadmap.name, "format": fmt_, "text": text, "written": written})
     elif output is None:
-        import sys
-
         sys.stdout.write(text)
     else:
         out.print(f"wrote {escape(written)}")

@@ -153,6 +153,10 @@ def _value_text(v) -> str:
         return str(v)
     if isinstance(v, int | float):
         return fmt(v)
+    if isinstance(v, dict) and {"median", "p90"} <= set(v):  # a lognormal cost
+        return f"median {_value_text(v['median'])} (p90 {_value_text(v['p90'])})"
+    if isinstance(v, dict) and {"if", "then", "else"} <= set(v):  # a conditional p
+        return f"{_value_text(v['then'])} if {v['if']} else {_value_text(v['else'])}"
     return str(v)
 
 
@@ -165,6 +169,8 @@ def print_context(inp: PlanInput) -> None:
         if all(isinstance(x, int | float) and not isinstance(x, bool) for x in (before, after)):
             d = after - before
             change = f" ({'+' if d > 0 else ''}{fmt(d)})"
+        elif isinstance(before, dict) and isinstance(after, int | float):
+            change = " (now fixed)" if "median" in before else " (now plain)"
         out.print(
             f"override {escape(str(o.get('target', o.get('set'))))}: "
             f"{escape(_value_text(before))} -> {escape(_value_text(after))}{change}"
@@ -216,26 +222,42 @@ def solve_roadmap(
         return solve(problem, config=config, space=space, progress=lambda k: bar.advance(task, k))
 
 
-def write_graph(text: str, path: Path, kind: str) -> str:
-    """Save DOT/Mermaid text, or render DOT to an image when the extension asks for one."""
+DOT_TEXT = (".dot", ".gv")
+MERMAID_TEXT = (".mmd", ".mermaid", ".md")
+IMAGES = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
+
+
+def write_graph(path: Path, flag: str, *, dot: str | None = None, mermaid: str | None = None):
+    """Write a graph in the format its extension names: DOT text (.dot, .gv), Mermaid text
+    (.mmd, .mermaid, .md) or an image rendered by Graphviz (.png, .svg, .pdf, .jpg)."""
     from derisk.graphs import write_atomic
     from derisk.report import render_dot
 
-    if path.suffix.lower() in (".png", ".svg", ".pdf"):
-        if kind != "dot":
-            raise DeriskError(f"{path}: only DOT renders to {path.suffix}; use a .mmd path")
-        if not render_dot(text, path):
+    ext = path.suffix.lower()
+    if path.is_dir():
+        raise DeriskError(f"{flag} {path} is a folder; give a file path such as {path / 'g.dot'}")
+    if ext in IMAGES and dot is not None:
+        if not render_dot(dot, path):
             raise DeriskError(
-                f"{path}: rendering needs Graphviz's `dot` (Debian: apt-get install graphviz); "
-                "or write the text with a .dot path"
+                f"{flag} {path}: rendering needs Graphviz's `dot` (Debian: apt-get install "
+                "graphviz); or write the DOT text to a .dot path"
             )
         return str(path)
-    if path.is_dir():
-        raise DeriskError(f"{path} is a folder; give a file path such as {path / 'graph.dot'}")
+    if ext in DOT_TEXT and dot is not None:
+        text = dot
+    elif ext in MERMAID_TEXT and mermaid is not None:
+        text = mermaid
+    else:
+        kinds = (DOT_TEXT + IMAGES if dot is not None else ()) + (
+            MERMAID_TEXT if mermaid is not None else ()
+        )
+        raise DeriskError(
+            f"{flag} {path}: the extension picks the format; use one of {', '.join(kinds)}"
+        )
     try:
         write_atomic(path, text)
     except OSError as exc:
-        raise DeriskError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise DeriskError(f"{flag} {path}: cannot write ({exc.strerror or exc})") from None
     return str(path)
 
 
@@ -251,10 +273,13 @@ def plan(
     depth: Annotated[int, typer.Option("--depth", help="Levels of the policy tree.")] = 3,
     dot: Annotated[
         Path | None,
-        typer.Option("--dot", help="Write the policy tree as Graphviz DOT (.png/.svg renders)."),
+        typer.Option(
+            "--dot", help="Write the policy tree as DOT (.dot) or render it (.png, .svg, .pdf)."
+        ),
     ] = None,
     mermaid: Annotated[
-        Path | None, typer.Option("--mermaid", help="Write the policy tree as Mermaid text.")
+        Path | None,
+        typer.Option("--mermaid", help="Write the policy tree as Mermaid text (.mmd, .md)."),
     ] = None,
     fresh: FreshOpt = False,
     set_: SetOpt = None,
@@ -283,9 +308,10 @@ def plan(
     unit = roadmap.unit_label()
     written = []
     if dot is not None:
-        written.append(write_graph(policy_dot(rep.tree, unit=unit), dot, "dot"))
+        written.append(write_graph(dot, "--dot", dot=policy_dot(rep.tree, unit=unit)))
     if mermaid is not None:
-        written.append(write_graph(policy_mermaid(rep.tree, unit=unit), mermaid, "mermaid"))
+        text = policy_mermaid(rep.tree, unit=unit)
+        written.append(write_graph(mermaid, "--mermaid", mermaid=text))
     if as_json:
         emit(
             {
@@ -427,7 +453,7 @@ def whatif(
     w = whatif_report(sol, bottom, top)
     goal = goal_of(w, roadmap)
     if png is not None:
-        whatif_figure(w, roadmap, png, budget=left)
+        png = whatif_figure(w, roadmap, png, budget=left)
     if as_json:
         emit(
             {
@@ -765,7 +791,7 @@ def record(
     for eid, rec in state.items():
         out.print(f"{escape(eid)}: {rec['outcome']} ({fmt(rec['spent'], unit)})")
     out.print(f"saved to {escape(str(path))}; budget left {fmt(roadmap.budget - total, unit)}")
-    out.print("plan, whatif and simulate now plan from here (--fresh ignores it)")
+    out.print("every planning command now plans from here (--fresh ignores it)")
 
 
 COMMANDS = [

@@ -124,8 +124,9 @@ def _apply(data, text: str) -> tuple[str, object]:
         data[key] = value
         data.value_marks[key] = mark
         return key, _plain(before)
-    name = key.removeprefix("hypotheses.")
-    if key.startswith("hypotheses.") or (hyps is not None and key in hyps):
+    # `NAME.prior` too: what `derisk sensitivity` calls a hypothesis's prior
+    name = key.removeprefix("hypotheses.").removesuffix(".prior")
+    if key.startswith("hypotheses.") or (hyps is not None and name in hyps):
         if hyps is None or name not in hyps:
             known = ", ".join(map(str, hyps)) if hyps else "none declared"
             _fail(

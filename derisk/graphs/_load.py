@@ -854,7 +854,9 @@ def _cost(ck, value, mark, what, quantity):
             return ((0.0, None), None)
         med = quantity(value["median"], value.value_marks.get("median"), f"`cost.median` of {what}")
         p90 = quantity(value["p90"], value.value_marks.get("p90"), f"`cost.p90` of {what}")
-        if med and p90 and p90[0] < med[0] and p90[1] == med[1]:
+        # a plain number is in the roadmap's unit (as a `--set` median usually is)
+        same_unit = p90 and med and (p90[1] == med[1] or None in (p90[1], med[1]))
+        if med and p90 and same_unit and p90[0] < med[0]:
             ck.err(
                 value.value_marks.get("p90"),
                 f"`cost.p90` of {what} must be at least its "

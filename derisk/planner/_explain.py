@@ -67,7 +67,7 @@ class ActionExplanation:
     branches: tuple[Branch, ...]
     p_overrun: float  # probability the run is cut off by the budget
     evpi: float  # value of knowing its outcome before deciding
-    unlocks: tuple[str, ...]  # experiments that need it
+    unlocks: tuple[str, ...]  # experiments it is a prerequisite of (in some clause)
     picked_by: tuple[str, ...]  # heuristics whose first pick it is
 
     def as_dict(self) -> dict:
@@ -179,7 +179,7 @@ def _summary(ex_actions, best, value, posteriors, heur, unit_label) -> str:
     if best.p_overrun > 0:
         parts.append(f"It overruns the budget with probability {best.p_overrun:.2f}.")
     if best.unlocks:
-        parts.append(f"Its success unlocks {', '.join(best.unlocks)}.")
+        parts.append(f"It is a prerequisite of {', '.join(best.unlocks)}.")
     others = [a for a in ex_actions if a.id != best.id]
     if others:
         alt = others[0]

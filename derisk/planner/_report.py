@@ -132,7 +132,11 @@ class WhatIf:
 
 
 def whatif_report(solution: Solution, lo: float, hi: float) -> WhatIf:
-    """Value, P(reward) and the best first action for every budget level in [lo, hi]."""
+    """Value, P(reward) and the best first action for every budget level in [lo, hi].
+
+    Past what the roadmap can spend (a problem compiled with a `surplus`) nothing
+    changes: the curve ends with one point at `hi` equal to its last level.
+    """
     pr, sp = solution.problem, solution.space
     levels = np.arange(pr.levels + 1)
     budgets = levels * pr.resolution
@@ -140,14 +144,23 @@ def whatif_report(solution: Solution, lo: float, hi: float) -> WhatIf:
     ev = solution.root_curves("optimal")
     value = solution.values[sp.root][keep]
     first_idx = solution.policy[sp.root][keep]
+    p_reward = {pr.ids[j]: ev["p_reward"][k][keep] for k, j in enumerate(ev["rewarded"])}
+    compute = ev["compute"][keep] * pr.resolution
+    budgets = budgets[keep]
+    if pr.surplus > 0 and keep[-1] and hi > budgets[-1] + 1e-9:
+        budgets = np.append(budgets, hi)
+        value = np.append(value, value[-1])
+        first_idx = np.append(first_idx, first_idx[-1])
+        p_reward = {k: np.append(v, v[-1]) for k, v in p_reward.items()}
+        compute = np.append(compute, compute[-1])
     first = [None if a < 0 else pr.ids[a] for a in first_idx]
     changes = [k for k in range(1, len(first)) if first[k] != first[k - 1]]
-    marginal = np.gradient(value, budgets[keep]) if keep.sum() > 1 else np.zeros(1)
+    marginal = np.gradient(value, budgets) if len(budgets) > 1 else np.zeros(1)
     return WhatIf(
-        budgets=budgets[keep],
+        budgets=budgets,
         value=value,
-        p_reward={pr.ids[j]: ev["p_reward"][k][keep] for k, j in enumerate(ev["rewarded"])},
-        expected_compute=ev["compute"][keep] * pr.resolution,
+        p_reward=p_reward,
+        expected_compute=compute,
         first=first,
         changes=changes,
         marginal=marginal,

@@ -85,6 +85,7 @@ class Parameter:
 class Sensitivity:
     value: float
     next: str | None
+    resolution: float  # the budget step every re-solve used (reproduce with --resolution)
     parameters: tuple[Parameter, ...]  # ranked by swing, largest first
     evpi_experiments: dict[str, float]
     evpi_hypotheses: dict[str, float]
@@ -95,6 +96,7 @@ class Sensitivity:
         return {
             "value": self.value,
             "next": self.next,
+            "resolution": self.resolution,
             "parameters": [p.as_dict() for p in self.parameters],
             "evpi": {"experiments": self.evpi_experiments, "hypotheses": self.evpi_hypotheses},
         }
@@ -267,6 +269,32 @@ def _revealed(problem: PlanningProblem, i: int | None, h: int | None):
     return out
 
 
+def _with_headroom(roadmap: Roadmap, solution: Solution, cost_factor: float) -> Solution:
+    """A budget beyond what the roadmap can spend is planned as just enough (`surplus`);
+    raising a cost must still find that budget, so plan over `cost_factor` times the
+    levels (or the whole budget, if less). Same states, same value at the start."""
+    pr = solution.problem
+    if pr.surplus <= 0:
+        return solution
+    extra = min(int(pr.surplus / pr.resolution + 1e-9), int(pr.levels * (cost_factor - 1)) + 1)
+    levels = pr.levels + extra
+    units, probs = [], []
+    for e in roadmap.experiments:
+        u, q = e.cost.levels(pr.resolution, cap=levels + 1)
+        units.append(u)
+        probs.append(q)
+    wide = replace(
+        pr,
+        levels=levels,
+        start_budget=pr.start_budget + extra,
+        surplus=pr.surplus - extra * pr.resolution,
+        cost_units=tuple(units),
+        cost_probs=tuple(probs),
+    )
+    V, pol = solve_exact(wide, solution.space)
+    return replace(solution, problem=wide, values=V, policy=pol, _eval_cache={}, _table_cache={})
+
+
 def evpi(solution: Solution, *, experiment: str | None = None, hypothesis: str | None = None):
     """Expected value of perfect information about one experiment's outcome or one
     hypothesis, at the planning start (>= 0)."""
@@ -295,13 +323,15 @@ def sensitivity(
     p_step: float = 0.1,
     cost_factor: float = 2.0,
     p_tol: float = 1e-3,
+    flips: bool = True,
     progress=None,
 ) -> Sensitivity:
     """Gradient, tornado, flip points and EVPI for every input of a solved roadmap.
 
     `roadmap` must be the one `solution` was compiled from (its costs are re-discretised
     at the solution's resolution). Only the exact solver's arithmetic is used for the
-    re-solves, on the solution's state space (inputs never change the states).
+    re-solves, on the solution's state space (inputs never change the states). With
+    `flips=False` the flip points (most of the re-solves) are skipped and left None.
     """
     if not (0 < p_step <= 1):
         raise SolverError(f"p_step must be in (0, 1], got {p_step}")
@@ -310,6 +340,7 @@ def sensitivity(
     if tuple(e.id for e in roadmap.experiments) != solution.problem.ids:
         raise SolverError("the roadmap is not the one this solution was compiled from")
     t0 = time.perf_counter()
+    solution = _with_headroom(roadmap, solution, cost_factor)
     pr, sp = solution.problem, solution.space
     s, b = sp.root, pr.start_budget
     base_value = solution.root_value
@@ -336,8 +367,10 @@ def sensitivity(
             tol = p_tol
         vlow = solver.solve(_set(pr, roadmap, knob, low))[0]
         vhigh = solver.solve(_set(pr, roadmap, knob, high))[0]
-        fb, ab = _flip(solver, roadmap, pr, knob, first, -1, tol)
-        fa, aa = _flip(solver, roadmap, pr, knob, first, +1, tol)
+        fb = ab = fa = aa = None
+        if flips:
+            fb, ab = _flip(solver, roadmap, pr, knob, first, -1, tol)
+            fa, aa = _flip(solver, roadmap, pr, knob, first, +1, tol)
         params.append(
             Parameter(
                 node=knob.node,
@@ -370,12 +403,16 @@ def sensitivity(
     return Sensitivity(
         value=base_value,
         next=name(first),
+        resolution=pr.resolution,
         parameters=tuple(params),
         evpi_experiments=ev_exp,
         evpi_hypotheses=ev_hyp,
         solves=solver.count,
         seconds=time.perf_counter() - t0,
     )
+
+
+SOLVES_PER_INPUT = 23  # measured mean over the benchmark cases (BENCHMARKS.md)
 
 
 def sensitivity_steps(roadmap: Roadmap) -> int:

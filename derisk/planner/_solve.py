@@ -168,7 +168,7 @@ def build_space(problem: PlanningProblem, config: SolveConfig = SolveConfig()) -
         raise SolverError(f"max_memory_gb must be a positive number, got {config.max_memory_gb}")
     if config.max_states < 1:
         raise SolverError(f"max_states must be at least 1, got {config.max_states}")
-    limit = int(config.max_memory_gb * 2**30)
+    limit = int(min(config.max_memory_gb, 2.0**20) * 2**30)  # past 1 PiB: no limit
     return enumerate_states(
         problem,
         max_states=config.max_states,

@@ -73,13 +73,9 @@ def tornado_figure(sens: Sensitivity, path: Path, *, top: int = 12, unit: str = 
         fontsize=8,
     )
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise DeriskError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
-    return Path(path)
+    from derisk.figures import _save
+
+    return _save(fig, path)
 
 
 def _assumptions(roadmap: Roadmap, solution: Solution) -> list[str]:
@@ -218,7 +214,8 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
         else:
             notes.append(
                 f"{name}.png not drawn: Graphviz's `dot` is not installed "
-                "(Debian: apt-get install graphviz); the Mermaid text below renders on GitHub"
+                "(Debian: apt-get install graphviz); the Mermaid text in its place renders "
+                "on GitHub"
             )
             md.append(f"```mermaid\n{mer}```")
         md.append("")
