@@ -51,17 +51,29 @@ def _node_lines(roadmap: Roadmap) -> dict[str, list[str]]:
     return out
 
 
-def roadmap_dot(roadmap: Roadmap) -> str:
-    """The prerequisite DAG with p, cost and reward; dashed edges are `any` alternatives."""
+RECORDED_FILL = {"success": "#c6efce", "failure": "#f4c7c3"}
+
+
+def roadmap_dot(roadmap: Roadmap, recorded: dict[str, str] | None = None) -> str:
+    """The prerequisite DAG with p, cost and reward; dashed edges are `any` alternatives;
+    recorded outcomes (id -> "success" | "failure") are coloured and labelled."""
+    recorded = recorded or {}
+    legend = "yellow: earns a reward; dashed: any one of"
+    if recorded:
+        legend += "; green / red: recorded success / failure"
     lines = [
         f"digraph {_q(roadmap.name)} {{",
         "  rankdir=LR;",
+        f'  labelloc=b; fontname="Helvetica"; fontsize=10; label={_q(legend)};',
         '  node [shape=box, style="rounded,filled", fillcolor="#f4f6fb", fontname="Helvetica"];',
         '  edge [color="#555555", fontname="Helvetica"];',
     ]
     for eid, text in _node_lines(roadmap).items():
         e = roadmap.experiment(eid)
         fill = ', fillcolor="#fff2cc"' if e.reward else ""
+        if eid in recorded:
+            fill = f', fillcolor="{RECORDED_FILL[recorded[eid]]}"'
+            text = [*text, f"recorded: {recorded[eid]}"]
         lines.append(f"  {_q(eid)} [label={_q(chr(10).join(text))}{fill}];")
     for e in roadmap.experiments:
         for clause in e.requires:

@@ -200,7 +200,7 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
     have_dot = dot_available()
     tree = policy_tree(solution, sp.root, pr.start_budget, depth)
     for name, dot, mer, caption in (
-        ("roadmap", roadmap_dot(roadmap), roadmap_mermaid(roadmap), "Prerequisite graph"),
+        ("roadmap", roadmap_dot(roadmap, recorded), roadmap_mermaid(roadmap), "Prerequisite graph"),
         ("policy", policy_dot(tree, unit=unit), policy_mermaid(tree, unit=unit), "Policy tree"),
     ):
         (tmp / f"{name}.dot").write_text(dot)
@@ -245,18 +245,31 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
         md.append("![Tornado](tornado.png)")
         md.append("")
         md += [
-            "| input | now | gradient | value at low / high | next changes below / above |",
-            "|---|---|---|---|---|",
+            "| input | now | dV/dx | range tried | value at its low / high end "
+            "| first move changes below / above |",
+            "|---|---|---|---|---|---|",
         ]
         for p in sens.parameters[:15]:
             what = p.param if p.branch is None else f"p.{p.branch}"
-            now = _num(p.base, unit) if p.param == "cost" else f"{p.base:.3f}"
-            fb = "-" if p.flip_below is None else f"{_num(p.flip_below)} ({p.next_below})"
-            fa = "-" if p.flip_above is None else f"{_num(p.flip_above)} ({p.next_above})"
+            cost = p.param == "cost"
+
+            def v(x, _cost=cost):
+                return _num(x, unit) if _cost else f"{x:.3f}"
+
+            fb = "-" if p.flip_below is None else f"{v(p.flip_below)} ({p.next_below})"
+            fa = "-" if p.flip_above is None else f"{v(p.flip_above)} ({p.next_above})"
             md.append(
-                f"| {_cell(p.node)}.{what} | {now} | {p.gradient:.4g} | "
-                f"{_num(p.value_low)} / {_num(p.value_high)} | {_cell(fb)} / {_cell(fa)} |"
+                f"| {_cell(p.node)}.{what} | {v(p.base)} | {p.gradient:.4g} | "
+                f"{v(p.low)} - {v(p.high)} | {_num(p.value_low)} / {_num(p.value_high)} | "
+                f"{_cell(fb)} / {_cell(fa)} |"
             )
+        md.append("")
+        md.append(
+            "dV/dx is the exact derivative of the optimal value (for a cost, per "
+            f"{unit or 'unit'}: the change from one budget step more). Costs are medians; a "
+            f"lognormal keeps its spread. Every number used a budget step of "
+            f"{_num(sens.resolution, unit)}."
+        )
         md.append("")
         ev = sorted(sens.evpi_experiments.items(), key=lambda kv: -kv[1])
         md.append(
