@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -45,22 +46,99 @@ def _check_fits(model, tc) -> None:
         )
 
 
-def _run_one(store, model, tc, corpus, *, label: str = ""):
-    """Train one point with a live progress bar and record it; returns (key, id, result)."""
+def _stored_result(store, claim) -> dict:
+    """A stored run in the shape of a fresh `RunResult` (for a point already done)."""
+    from derisk.estimators import ModelConfig, param_counts
+
+    run = store.get(claim.id)
+    return {
+        "status": run["status"],
+        "final_val_loss": run["val_loss"],
+        "best_val_loss": run["best_val_loss"],
+        "curve": run["curve"],
+        "tokens": run["tokens"],
+        "flops": run["flops"],
+        "wall_s": run["wall_s"],
+        "tokens_per_s": run["tokens_per_s"],
+        "mfu": run["mfu"],
+        "device": run["device"],
+        "params": param_counts(ModelConfig(**run["model"])),
+    }
+
+
+def _train_point(store, model, tc, corpus, *, label="", retrain=False, wait=True):
+    """Claim one point in the store and train it with a live progress bar.
+
+    Returns (claim, result): result is the `RunResult` when this process trained it, None
+    when the point was already done (claim.state "done") or, without `wait`, is being
+    trained by another live process ("busy"). With `wait`, a busy point is waited for,
+    then reused (or retaken if its process died).
+    """
+    import time
+
     from derisk.estimators import run_key, train
+    from derisk.estimators._store import HEARTBEAT_S
 
-    _check_fits(model, tc)
     key = run_key(model, tc, corpus.digest)
-    store.start(key, model, tc, corpus)
-    with progress("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} tok/s") as bar:
-        task = bar.add_task(label or f"{model.arch} d{model.d_model}", total=1, loss=0.0, rate=0.0)
+    delay, told = 0.5, False
+    while True:
+        claim = store.claim(key, model, tc, corpus, retrain=retrain)
+        if claim.state != "busy" or not wait:
+            break
+        if not told:
+            err.print(
+                f"run {claim.id} is being trained by {escape(claim.describe_owner())}; "
+                "waiting for it (Ctrl-C stops waiting; --no-wait returns at once)"
+            )
+            told = True
+        retrain = False  # the other process's fresh run is what --retrain asked for
+        time.sleep(delay)
+        delay = min(5.0, delay * 1.5)
+    if claim.state != "claimed":
+        return claim, None
+    if claim.previous:
+        err.print(f"retaking run {claim.id} (it was {escape(claim.previous)})")
+    beat = [time.monotonic()]
+    try:
+        with progress("loss {task.fields[loss]:.3f}  {task.fields[rate]:,.0f} tok/s") as bar:
+            task = bar.add_task(
+                label or f"{model.arch} d{model.d_model}", total=1, loss=0.0, rate=0.0
+            )
 
-        def report(i, n, loss, rate):
-            bar.update(task, completed=i, total=n, loss=loss, rate=rate)
+            def report(i, n, loss, rate):
+                bar.update(task, completed=i, total=n, loss=loss, rate=rate)
+                if time.monotonic() - beat[0] > HEARTBEAT_S:  # "still alive", for other hosts
+                    beat[0] = time.monotonic()
+                    with contextlib.suppress(DeriskError):
+                        store.heartbeat(key)
 
-        result = train(model, tc, corpus, progress=report)
+            result = train(model, tc, corpus, progress=report)
+    except BaseException as exc:
+        why = (
+            "interrupted"
+            if isinstance(exc, KeyboardInterrupt | SystemExit)
+            else f"{type(exc).__name__}: {exc}"
+        )
+        with contextlib.suppress(DeriskError):
+            store.fail(key, why[:2000])
+        if isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc):
+            raise DeriskError(
+                f"run {claim.id} ran out of memory ({str(exc)[:200]}); it is marked failed; "
+                "use a smaller --d-model, --batch-size or --seq-len"
+            ) from None
+        raise
     store.finish(key, result)
-    return key, store.id_of(key), result
+    return claim, result
+
+
+def _flag(flag: str, field: str, value):
+    """A numeric flag checked like the sweep key it sets; exit 2 naming the flag."""
+    from derisk.estimators import check_value
+
+    try:
+        return check_value(field, value)
+    except ValueError as exc:
+        raise DeriskError(f"{flag} {exc}") from None
 
 
 @command
@@ -89,15 +167,52 @@ def train_cmd(
     max_bytes: Annotated[
         int | None, typer.Option("--max-bytes", help="Cap the corpus.")
     ] = 20_000_000,
+    retrain: Annotated[
+        bool,
+        typer.Option("--retrain", help="Train again a point the store already has (same id)."),
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="When another process is training this very point: wait for it and report "
+            "its run (default), or return at once saying so.",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ):
     """Train one small dense or MoE language model and record it in the run store.
 
     The defaults are the shipped sweep's setting, so the shipped laws (`derisk predict
     --law cpu-dense --run ID`) apply to a run that only changes --d-model and --tokens.
+    A point the store already has is reported, not trained again (--retrain to redo it).
     """
-    from derisk.estimators import ModelConfig, TrainConfig, load_corpus, lr_for_width
+    from derisk.estimators import (
+        ModelConfig,
+        TrainConfig,
+        check_corpus,
+        load_corpus,
+        lr_for_width,
+        run_key,
+    )
 
+    for flag, field, value in (
+        ("--d-model", "d_model", d_model),
+        ("--n-layer", "n_layer", n_layer),
+        ("--n-head", "n_head", n_head),
+        ("--seq-len", "seq_len", seq_len),
+        ("--experts", "experts", experts),
+        ("--top-k", "top_k", top_k),
+        ("--granularity", "granularity", granularity),
+        ("--batch-size", "batch_size", batch_size),
+        ("--seed", "seed", seed),
+    ):
+        _flag(flag, field, value)
+    tokens = _flag("--tokens", "tokens", tokens)
+    if lr is not None:
+        lr = _flag("--lr", "lr", lr)
+    if max_bytes is not None:
+        max_bytes = _flag("--max-bytes", "max_bytes", max_bytes)
     try:
         model = ModelConfig(
             arch=arch,
@@ -111,53 +226,107 @@ def train_cmd(
         )
         if lr is None:  # the model above has a valid width (d_model >= 8)
             lr = lr_for_width(d_model)
-        tc = TrainConfig(tokens=int(tokens), batch_size=batch_size, lr=lr, seed=seed)
+        tc = TrainConfig(tokens=tokens, batch_size=batch_size, lr=lr, seed=seed)
     except ValueError as exc:
         raise DeriskError(f"bad training config: {exc}") from None
+    _check_fits(model, tc)
+    store = open_store(create=True)  # cheap, so a bad store fails before the corpus is read
     data = load_corpus(corpus, max_bytes=max_bytes)
-    store = open_store(create=True)
-    key, run_id, r = _run_one(store, model, tc, data)
+    check_corpus(data, model)
+    claim, r = _train_point(store, model, tc, data, retrain=retrain, wait=wait)
+    key = run_key(model, tc, data.digest)
+    head = {"id": claim.id, "key": key, "store": str(store.path)}
+    if claim.state == "busy":
+        if as_json:
+            emit({**head, "status": "running", "in_progress": True, "owner": claim.owner})
+            return
+        out.print(
+            f"run {claim.id} (this point) is being trained now by "
+            f"{escape(claim.describe_owner())}; not started again. `derisk runs` shows "
+            "it when it is done (or train without --no-wait to wait for it)"
+        )
+        return
+    result = r.as_dict() if r is not None else _stored_result(store, claim)
     if as_json:
-        emit({"id": run_id, "key": key, "store": str(store.path), **r.as_dict()})
+        emit({**head, "reused": r is None, **result})
+        return
+    loss = result["final_val_loss"]
+    loss_text = f"{loss:.4f}" if isinstance(loss, int | float) else "-"
+    if r is None:
+        out.print(
+            f"this point is already in the store as run {claim.id} "
+            f"({escape(str(result['status']))}, validation loss {loss_text} nats/byte) in "
+            f"{escape(str(store.path))}; not trained again (--retrain to redo it)"
+        )
         return
     out.print(
-        f"run {run_id} {escape(r.status)}: {model.arch} with "
+        f"run {claim.id} {escape(r.status)}: {model.arch} with "
         f"{fmt(r.params['non_embedding'])} non-embedding params "
         f"({fmt(r.params['non_embedding_active'])} active), {fmt(r.tokens)} tokens, "
-        f"validation loss {r.final_val_loss:.4f} nats/byte, {fmt(r.tokens_per_s)} "
+        f"validation loss {loss_text} nats/byte, {fmt(r.tokens_per_s)} "
         f"tokens/s on {escape(str(r.device))}; saved to {escape(str(store.path))} "
-        f"(`derisk predict --run {run_id}` compares it with a law)"
+        f"(`derisk predict --run {claim.id}` compares it with a law)"
     )
 
 
 @command
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep spec YAML: lists are grid axes.")],
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train again points the store already has.")
+    ] = False,
     as_json: JsonOpt = False,
 ):
-    """Run a grid of trainings; resumable (finished points are skipped)."""
-    from derisk.estimators import load_corpus, load_sweep, run_key, sweep_points
+    """Run a grid of trainings; resumable (finished points are skipped).
+
+    Points another live process is training (a second sweep of the same spec) are left to
+    it and waited for at the end, so concurrent sweeps share the work.
+    """
+    from derisk.estimators import check_corpus, load_corpus, load_sweep, run_key, sweep_points
 
     raw = load_sweep(spec)
     points, capped = sweep_points(raw, str(spec))
     for model, tc in points:
         _check_fits(model, tc)
-    data = load_corpus(raw.get("corpus"), max_bytes=raw.get("max_bytes", 20_000_000))
     store = open_store(create=True)
+    data = load_corpus(raw.get("corpus"), max_bytes=raw.get("max_bytes", 20_000_000))
+    for model, _ in points:
+        check_corpus(data, model)
     done = ran = 0
-    results, skipped = [], []
-    for i, (model, tc) in enumerate(points):
-        key = run_key(model, tc, data.digest)
-        if store.status(key) == "finished":
-            done += 1
-            skipped.append(store.id_of(key))
-            continue
+    results, skipped, later = [], [], []
+
+    def one(i, model, tc, *, wait):
+        nonlocal done, ran
         label = f"[{i + 1}/{len(points)}] {model.arch} d{model.d_model} {tc.tokens:,} tok"
-        _, run_id, r = _run_one(store, model, tc, data, label=label)
-        ran += 1
-        results.append({"id": run_id, "key": key, "status": r.status, "val_loss": r.final_val_loss})
-        if not as_json:
-            err.print(f"{escape(label)}: run {run_id} {r.status}, val loss {r.final_val_loss:.4f}")
+        claim, r = _train_point(store, model, tc, data, label=label, retrain=retrain, wait=wait)
+        if claim.state == "busy":
+            later.append((i, model, tc))
+            if not as_json:
+                err.print(
+                    f"{escape(label)}: run {claim.id} is being trained by "
+                    f"{escape(claim.describe_owner())}; coming back to it at the end"
+                )
+        elif r is None:
+            done += 1
+            skipped.append(claim.id)
+        else:
+            ran += 1
+            key = run_key(model, tc, data.digest)
+            results.append(
+                {"id": claim.id, "key": key, "status": r.status, "val_loss": r.final_val_loss}
+            )
+            if not as_json:
+                loss = r.final_val_loss
+                err.print(
+                    f"{escape(label)}: run {claim.id} {escape(r.status)}, val loss "
+                    + (f"{loss:.4f}" if loss == loss else "-")
+                )
+
+    for i, (model, tc) in enumerate(points):
+        one(i, model, tc, wait=False)
+    waiting, later = later, []
+    for i, model, tc in waiting:
+        one(i, model, tc, wait=True)
     summary = {
         "points": len(points),
         "skipped_finished": done,
@@ -173,7 +342,7 @@ def sweep(
         return
     ids = ", ".join(str(r["id"]) for r in results)
     out.print(
-        f"{len(points)} points: {done} already finished, {ran} run"
+        f"{len(points)} points: {done} already done, {ran} run"
         + (f" (ids {ids})" if ids else "")
         + (f", {capped} beyond max_flops" if capped else "")
         + f"; store {escape(str(store.path))}"
@@ -234,6 +403,8 @@ def runs(
                         "device": r["device"],
                         "corpus_hash": r["corpus_hash"],
                         "status": r["status"],
+                        "stale": store.stale(r),
+                        "error": r.get("error"),
                     }
                     for r in rows
                 ],
@@ -251,7 +422,7 @@ def runs(
             fmt(r["tokens"]),
             f"{r['val_loss']:.4f}" if r["val_loss"] is not None else "-",
             fmt(r["tokens_per_s"]) if r["tokens_per_s"] else "-",
-            escape(r["status"]),
+            escape(r["status"] + (" (process gone)" if store.stale(r) else "")),
         )
     out.print(t)
     if not rows:

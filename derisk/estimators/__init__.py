@@ -1,6 +1,6 @@
 """Small real trainings (dense and MoE), their FLOP counts, and the run store."""
 
-from derisk.estimators._data import Corpus, batch, load_corpus
+from derisk.estimators._data import Corpus, batch, check_corpus, load_corpus
 from derisk.estimators._model import (
     ModelConfig,
     flops_per_token,
@@ -10,7 +10,10 @@ from derisk.estimators._model import (
     param_counts,
 )
 from derisk.estimators._store import (
+    Claim,
     RunStore,
+    check_sweep,
+    check_value,
     default_store,
     law_point,
     load_sweep,
@@ -28,12 +31,16 @@ from derisk.estimators._train import (
 
 __all__ = [
     "LR_X_D_MODEL",
+    "Claim",
     "Corpus",
     "ModelConfig",
     "RunResult",
     "RunStore",
     "TrainConfig",
     "batch",
+    "check_corpus",
+    "check_sweep",
+    "check_value",
     "default_store",
     "flops_per_token",
     "forward",

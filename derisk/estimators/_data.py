@@ -89,6 +89,19 @@ def load_corpus(
     return Corpus(train=tr, valid=va, digest=h.hexdigest()[:16], source=str(root), files=len(files))
 
 
+def check_corpus(corpus: Corpus, model) -> None:
+    """`DataError` unless both splits hold at least one training window (seq_len + 1
+    bytes, and one to choose where it starts) for this model."""
+    need = model.seq_len + 2
+    for split, data in (("training", corpus.train), ("validation", corpus.valid)):
+        if len(data) < need:
+            raise DataError(
+                f"corpus {corpus.source}: its {split} split has {len(data):,} bytes, fewer "
+                f"than the {need:,} one window of seq_len {model.seq_len} needs; give more "
+                "text (--corpus, --max-bytes) or a smaller --seq-len"
+            )
+
+
 def batch(data: np.ndarray, *, batch_size: int, seq_len: int, step: int, seed: int) -> np.ndarray:
     """(batch_size, seq_len + 1) int32 windows at offsets drawn from (seed, step).
 

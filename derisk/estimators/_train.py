@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from derisk.estimators._data import Corpus, batch
+from derisk.estimators._data import Corpus, batch, check_corpus
 from derisk.estimators._model import (
     ModelConfig,
     flops_per_token,
@@ -52,8 +52,30 @@ class TrainConfig:
     divergence: float = 3.0  # stop if the train loss exceeds this multiple of its start
 
     def __post_init__(self):
-        if self.tokens < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("tokens, batch_size and lr must be positive")
+        errs = []
+
+        def need(ok, name, what):
+            value = getattr(self, name)
+            if not ok:
+                errs.append(f"{name} must be {what}, got {value!r}")
+
+        def real(x):
+            return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+        def whole(x, lo, hi):
+            return isinstance(x, int) and not isinstance(x, bool) and lo <= x <= hi
+
+        need(whole(self.tokens, 1, 10**15), "tokens", "a whole number from 1 to 1e15")
+        need(whole(self.batch_size, 1, 2**31 - 1), "batch_size", "a positive whole number")
+        need(real(self.lr) and self.lr > 0, "lr", "a finite number above 0")
+        need(real(self.warmup) and 0 <= self.warmup < 1, "warmup", "a fraction in [0, 1)")
+        need(real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(whole(self.seed, 0, 2**32 - 1), "seed", "a whole number from 0 to 2**32 - 1")
+        need(whole(self.eval_every, 0, 2**31 - 1), "eval_every", "a whole number >= 0")
+        need(whole(self.eval_batches, 1, 2**31 - 1), "eval_batches", "a whole number >= 1")
+        need(real(self.divergence) and self.divergence > 1, "divergence", "a number above 1")
+        if errs:
+            raise ValueError("; ".join(errs))
 
 
 @dataclass
@@ -103,6 +125,7 @@ def train(
     every step, so the host keeps the device busy; divergence is still found at the exact
     step, a few steps late at most.
     """
+    check_corpus(corpus, model)
     steps = max(1, tc.tokens // (tc.batch_size * model.seq_len))
     warmup = max(1, int(tc.warmup * steps))
     sched = optax.warmup_cosine_decay_schedule(
