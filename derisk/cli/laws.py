@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +12,35 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from derisk.cli._output import JsonOpt, command, emit, fmt, out, print_chart, progress
-from derisk.errors import DeriskError
+from derisk.cli._output import (
+    JsonOpt,
+    command,
+    emit,
+    err,
+    fmt,
+    out,
+    print_chart,
+    progress,
+    warn,
+)
+from derisk.errors import DeriskError, DeriskWarning
+
+MAX_ROWS = 10_000  # derisk.scaling.MAX_ROWS (not imported here: it would load scipy early)
+MAX_BOOTSTRAP = 100_000  # refits; each reads every run (the default is 100)
+MAX_SEQ_LEN = 2**24
+
+
+def _check_int(flag: str, v: int, lo: int, hi: int | None = None) -> None:
+    if v < lo or (hi is not None and v > hi):
+        within = f"between {lo:,} and {hi:,}" if hi is not None else f">= {lo:,}"
+        raise DeriskError(f"{flag} must be an integer {within}, got {v}")
+
+
+def _check_number(flag: str, v: float, what: str, *, positive: bool = False) -> None:
+    """A finite number, positive or >= 0; the message names the flag."""
+    if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
+        raise DeriskError(f"{flag} must be {what}, got {v:g}")
+
 
 # ---------------------------------------------------------------- fit
 
@@ -56,6 +84,14 @@ def fit(
             "(very short runs measure warm-up, not scaling).",
         ),
     ] = 0,
+    max_rows: Annotated[
+        int,
+        typer.Option(
+            "--max-rows",
+            help="Fit a random subset of this many runs when there are more (the time "
+            "grows with the runs: about 2 s per 1,000 with the default bootstrap).",
+        ),
+    ] = MAX_ROWS,
     save: Annotated[
         str | None,
         typer.Option("--save", help="Save the law under this name (or to this .json path)."),
@@ -79,11 +115,17 @@ def fit(
 
     if law not in LAWS:
         raise DeriskError(f"--law must be one of {', '.join(LAWS)}, got {law!r}")
-    if bootstrap < 0 or starts < 1:
-        raise DeriskError("--bootstrap must be >= 0 and --starts >= 1")
-    if fix_e is not None and not fix_e > 0:
-        raise DeriskError(f"--fix-E must be a positive loss, got {fix_e}")
-    if save:  # fail now, not after the fit
+    _check_int("--bootstrap", bootstrap, 0, MAX_BOOTSTRAP)
+    _check_int("--starts", starts, 1)
+    _check_int("--seed", seed, 0, 2**63 - 1)
+    _check_int("--max-rows", max_rows, 1)
+    if fix_e is not None:
+        _check_number("--fix-E", fix_e, "a positive loss", positive=True)
+    _check_number("--min-tokens", min_tokens, "a token count >= 0")
+    if png is not None and (png.is_dir() or not png.parent.is_dir()):  # now, not after
+        why = "is a folder" if png.is_dir() else f"{png.parent} is not a folder"
+        raise DeriskError(f"--png {png}: {why}; give a file path ending in .png, .svg or .pdf")
+    if save is not None:  # fail now, not after the fit
         try:
             check_law_destination(save)
         except DataError as exc:
@@ -101,16 +143,30 @@ def fit(
     if min_tokens > 0:
         data = data.subset(data.tokens >= min_tokens)
     with progress("{task.completed}/{task.total}") as bar:
-        task = bar.add_task("bootstrap", total=bootstrap)
-        result = fit_law(
-            data,
-            law,
-            fix_E=fix_e,
-            starts=starts,
-            bootstrap=bootstrap,
-            seed=seed,
-            progress=lambda k: bar.advance(task, k),
-        )
+        task = bar.add_task("bootstrap", total=bootstrap, visible=False)
+
+        def on_phase(message: str) -> None:
+            # A terminal gets the bar; anything else (a log, CI) one line per phase.
+            if bar.disable:
+                err.print(f"fit: {message}", soft_wrap=True, highlight=False, markup=False)
+            else:
+                bar.update(task, description=f"fit: {message}", visible=True)
+
+        with warnings.catch_warnings():
+            # Shown as they happen (a subsampled file, capped starts), not after the fit.
+            warnings.simplefilter("always", DeriskWarning)
+            warnings.showwarning = lambda message, *args, **kwargs: warn(message)
+            result = fit_law(
+                data,
+                law,
+                fix_E=fix_e,
+                starts=starts,
+                bootstrap=bootstrap,
+                seed=seed,
+                max_rows=max_rows,
+                progress=lambda k: bar.advance(task, k),
+                on_phase=on_phase,
+            )
     # what `derisk predict --run` needs to put a stored run on this law's axes
     result.summary.update(params_col=params_col, min_tokens=min_tokens)
     intervals = result.intervals()
@@ -120,7 +176,7 @@ def fit(
         provenance = {"file": str(file), "law": law, "bootstrap": bootstrap, "seed": seed}
         try:
             saved = str(save_law(result, save, provenance))
-        except (DataError, OSError) as exc:
+        except DataError as exc:
             raise DeriskError(f"--save {save}: {exc}") from None
     if png is not None:
         fit_figure(result, data, png)
@@ -133,7 +189,8 @@ def fit(
                 "loss": result.loss,
                 "rmse_log": result.rmse_log,
                 "sigma_log": result.sigma_log,
-                "runs": result.n,
+                "runs": result.n,  # fitted: a random max_rows of them past --max-rows
+                "runs_in_file": result.summary.get("runs", result.n),
                 "starts": result.starts,
                 "starts_at_optimum": result.starts_at_optimum,
                 "success": result.success,
@@ -225,14 +282,18 @@ def optimal(
     except ValueError:
         raise DeriskError(f"--flops must be a number like 1e21, got {flops!r}") from None
     if not (math.isfinite(c) and c > 0):
-        raise DeriskError(f"--flops must be positive, got {flops!r}")
+        raise DeriskError(f"--flops must be a positive finite number, got {flops!r}")
+    _check_int("--seq-len", seq_len, 1, MAX_SEQ_LEN)
     result = load_law(law)
     if result.law != "chinchilla":
         raise DeriskError(
             f"--law {law}: a {result.law} law; compute-optimal allocation "
             "needs a dense (chinchilla) law"
         )
-    a = optimal_allocation(result, c, exact=exact, seq_len=seq_len)
+    try:
+        a = optimal_allocation(result, c, exact=exact, seq_len=seq_len)
+    except ValueError as exc:
+        raise DeriskError(f"--flops {flops}: {exc}") from None
     if as_json:
         emit(
             {
@@ -305,7 +366,19 @@ def predict(
 
     if arch not in SHIPPED_LAWS:
         raise DeriskError(f"--arch must be dense or moe, got {arch!r}")
-    law = law or SHIPPED_LAWS[arch]
+    for name, v in (
+        ("--params", params),
+        ("--tokens", tokens),
+        ("--experts", experts),
+        ("--granularity", granularity),
+    ):
+        if v is not None:
+            _check_number(name, v, "a positive finite number", positive=True)
+    if below is not None:
+        _check_number("--below", below, "a positive finite loss", positive=True)
+    if d_model is not None and params is not None:
+        raise DeriskError("give --params or --d-model, not both")
+    law = SHIPPED_LAWS[arch] if law is None else law
     fit = load_law(law)
     if experts is None:
         experts = 4.0 if arch == "moe" and d_model is not None else 1.0
@@ -313,30 +386,22 @@ def predict(
         from derisk.estimators import ModelConfig, param_counts
         from derisk.scaling import uses_active_params
 
-        if params is not None:
-            raise DeriskError("give --params or --d-model, not both")
+        if not float(experts).is_integer():
+            raise DeriskError(f"--experts must be a whole number with --d-model, got {experts:g}")
         try:
             model = ModelConfig(
                 arch=arch, d_model=d_model, n_layer=n_layer, n_head=1, experts=int(experts), top_k=1
             )
-        except ValueError as exc:
+            counts = param_counts(model)
+            params = float(
+                counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
+            )
+        except (ValueError, OverflowError) as exc:
             raise DeriskError(f"bad model: {exc}") from None
-        counts = param_counts(model)
-        params = counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
     if (params is None) != (tokens is None):
         raise DeriskError("give both --params and --tokens (or --run ID)")
     if params is None and not run_ids:
         raise DeriskError("give --params N --tokens D, or --run ID for a run in the store")
-    for name, v in (
-        ("--params", params),
-        ("--tokens", tokens),
-        ("--experts", experts),
-        ("--granularity", granularity),
-    ):
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise DeriskError(f"{name} must be a positive number, got {v:g}")
-    if below is not None and not below > 0:
-        raise DeriskError(f"--below must be a positive loss, got {below:g}")
     points = []
     if params is not None:
         points.append(

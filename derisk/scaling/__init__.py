@@ -2,7 +2,8 @@
 
 from derisk.scaling._data import RunData, load_runs_csv, run_data
 from derisk.scaling._estimate import SHIPPED_LAWS, TrainEstimate, estimate
-from derisk.scaling._fit import HUBER_DELTA, FitResult, fit_law, objective
+from derisk.scaling._fit import HUBER_DELTA, MAX_ROWS, FitResult, fit_law, objective
+from derisk.scaling._lawfile import LawFileError, fit_from_json, read_law_json
 from derisk.scaling._laws import LAWS, LawForm
 from derisk.scaling._optimal import (
     Allocation,
@@ -11,7 +12,6 @@ from derisk.scaling._optimal import (
     check_law_destination,
     effective_params,
     fit_diagnostics,
-    fit_from_json,
     fit_to_json,
     flops_per_token,
     isoflop_fit,
@@ -36,12 +36,14 @@ from derisk.scaling._predict import (
 __all__ = [
     "HUBER_DELTA",
     "LAWS",
+    "MAX_ROWS",
     "SHIPPED_LAWS",
     "Allocation",
     "FitResult",
     "Forecast",
     "Frontier",
     "IsoFlopFit",
+    "LawFileError",
     "LawForm",
     "PredictPoint",
     "Prediction",
@@ -66,6 +68,7 @@ __all__ = [
     "optimal_allocation",
     "predict_loss",
     "predict_points",
+    "read_law_json",
     "run_data",
     "save_law",
     "setting_mismatches",

@@ -138,22 +138,46 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
     mapping = {k: k for k in COLUMNS} | (columns or {})
     if not path.exists():
         raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give a CSV file of runs")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
-    reader = csv.DictReader(text.splitlines())
-    header = reader.fieldnames or []
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the CSV as UTF-8"
+        ) from None
+    if not text.strip():
+        raise DataError(f"{path}: empty file; expected a header line `params,tokens,loss`")
+    lines = text.splitlines()
+    reader = csv.DictReader(lines)
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise DataError(_csv_error(path, lines, 1, exc)) from None
     missing = [k for k in ("params", "tokens", "loss") if mapping[k] not in header]
     if missing:
         want = ", ".join(f"`{mapping[k]}`" for k in missing)
+        found = ", ".join(f"`{h[:40]}`" for h in header[:20]) or "none"
         raise DataError(
-            f"{path}:1: missing column(s) {want}; found {', '.join(header) or 'none'}"
+            f"{path}:1: missing column(s) {want}; found {found}"
             ". Map other names with --params-col/--tokens-col/--loss-col"
         )
     cols = {k: [] for k in COLUMNS}
     setting: dict[str, list[str]] = {}
-    for row_no, row in enumerate(reader, start=2):
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataError(_csv_error(path, lines, reader.reader.line_num, exc)) from None
+        row_no = reader.line_num
         for k in COLUMNS:
             name = mapping[k]
             if name not in header:
@@ -164,11 +188,12 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
                 v = float(raw)
             except ValueError:
                 raise DataError(
-                    f"{path}:{row_no}: column `{name}` is {raw!r}, expected a number"
+                    f"{path}:{row_no}: column `{name}` is {_short(raw)}, expected a number"
                 ) from None
             if not math.isfinite(v) or v <= 0:
                 raise DataError(
-                    f"{path}:{row_no}: column `{name}` is {raw}, expected a positive finite number"
+                    f"{path}:{row_no}: column `{name}` is {_short(raw)}, expected a "
+                    "positive finite number"
                 )
             cols[k].append(v)
         for k in SETTING_COLUMNS:
@@ -185,6 +210,26 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
         source=str(path),
     )
     return dataclasses.replace(data, setting=setting)
+
+
+def _short(raw: str) -> str:
+    return repr(raw) if len(raw) <= 40 else f"{raw[:20]!r}... ({len(raw):,} characters)"
+
+
+def _csv_error(path: Path, lines: list[str], line_no: int, exc: csv.Error) -> str:
+    """A located message for what the csv module refused (an over-long field, a NUL)."""
+    line = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
+    header = next(csv.reader(lines[:1]), []) if line_no > 1 else []
+    where = f"{path}:{line_no}"
+    limit = csv.field_size_limit()
+    if "field larger than field limit" in str(exc):
+        fields = line.split(",")
+        big = next((i for i, f in enumerate(fields) if len(f) > limit), None)
+        col = "" if big is None else f" column {big + 1}"
+        if big is not None and big < len(header):
+            col = f" column `{header[big][:40]}`"
+        return f"{where}:{col} has a field longer than {limit:,} characters; expected a number"
+    return f"{where}: not a valid CSV line ({exc})"
 
 
 def training_setting(setting: dict[str, list[str]]) -> dict:

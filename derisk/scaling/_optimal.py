@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ from derisk._paths import data_path
 from derisk.errors import DataError
 from derisk.scaling._data import RunData
 from derisk.scaling._fit import FitResult
-from derisk.scaling._laws import LAWS
+from derisk.scaling._lawfile import fit_from_json, load_law_file
 
 
 def flops_per_token(
@@ -65,10 +65,20 @@ def optimal_allocation(
     if fit.law != "chinchilla":
         raise ValueError(f"compute-optimal allocation needs a dense law; got {fit.law}")
     E, A, B, al, be = _chinchilla_like(fit)
+    if not (al > 0 and be > 0):
+        raise DataError(
+            f"the law's exponents must be positive for a compute-optimal size (alpha "
+            f"{al:g}, beta {be:g}): loss would not fall with model size or tokens"
+        )
+    if not (isinstance(seq_len, int | np.integer) and seq_len >= 1):
+        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+    if exact and not flops / 6 > 1e3:
+        raise ValueError(f"flops must be above 6e3 for the exact allocation, got {flops:g}")
     if not exact:
-        G = (al * A / (be * B)) ** (1 / (al + be))
-        n = G * (flops / 6) ** (be / (al + be))
-        d = (flops / 6) ** (al / (al + be)) / G
+        with np.errstate(all="ignore"):
+            G = (al * A / (be * B)) ** (1 / (al + be))
+            n = G * (flops / 6) ** (be / (al + be))
+            d = (flops / 6) ** (al / (al + be)) / G
         method = "closed form (C = 6ND)"
     else:
 
@@ -84,8 +94,16 @@ def optimal_allocation(
         n = float(np.exp(res.x))
         d = flops / float(flops_per_token(n, seq_len=seq_len))
         method = "numeric (exact FLOPs, attention included)"
+    if not (np.isfinite(n) and np.isfinite(d) and n > 0 and d > 0):
+        raise DataError(
+            f"the law's compute-optimal allocation at {flops:g} FLOPs is not finite "
+            f"(N* {n:g}, D* {d:g}): too far outside its fitted runs"
+        )
     X = np.array([[np.log(n), np.log(d), 0.0]])
-    point = float(fit.predict(X)[0])
+    with np.errstate(all="ignore"):
+        point = float(fit.predict(X)[0])
+    if not np.isfinite(point):
+        raise DataError(f"the law predicts a non-finite loss at {flops:g} FLOPs")
     interval = fit.predictive_interval(X, level)
     return Allocation(
         flops=float(flops),
@@ -203,57 +221,55 @@ def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
     }
 
 
-def fit_from_json(d: dict, source: str = "<law>") -> FitResult:
-    try:
-        law = d["law"]
-        LAWS[law]
-        theta = np.asarray(d["theta"], dtype=np.float64)
-        boot = None if d.get("bootstrap") is None else np.asarray(d["bootstrap"], np.float64)
-        return FitResult(
-            law=law,
-            theta=theta,
-            params=dict(d["params"]),
-            loss=d["loss"],
-            starts=d["starts"],
-            starts_at_optimum=d["starts_at_optimum"],
-            screened=0,
-            n=d["n"],
-            rmse_log=d["rmse_log"],
-            sigma_log=d["sigma_log"],
-            success=True,
-            message="loaded",
-            seconds=0.0,
-            bootstrap=boot,
-            summary=d.get("data", {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(
-            f"{source}: not a derisk law file ({exc}); refit with `derisk fit`"
-        ) from None
-
-
 def packaged_laws_dir() -> Path:
     """Laws fitted from the runs shipped with derisk (derisk/estimators/data/laws)."""
     return Path(__file__).resolve().parent.parent / "estimators" / "data" / "laws"
 
 
 def load_law(name_or_path: str) -> FitResult:
-    """A saved law by path, or by name from `laws_dir()`, then from the shipped laws."""
-    p = Path(name_or_path)
-    if not p.suffix:
-        p = laws_dir() / f"{name_or_path}.json"
-        if not p.exists() and (packaged_laws_dir() / f"{name_or_path}.json").exists():
-            p = packaged_laws_dir() / f"{name_or_path}.json"
-    if not p.exists():
-        known = sorted(x.stem for x in laws_dir().glob("*.json")) if laws_dir().exists() else []
+    """A saved law by path, or by name from `laws_dir()`, then from the shipped laws.
+
+    A name ending in `.json` is a path; any other is looked up by name first (so a law
+    saved as `v1.2` is found), then tried as a path. The file is checked against the law
+    schema (`LawFileError`, a DataError, names the file, the field and the fix).
+    """
+    text = str(name_or_path)
+    if not text.endswith(".json"):
+        _check_law_name(text)
+    name = None
+    if text.endswith(".json"):
+        p = Path(text)
+    else:
+        name = text
+        p = laws_dir() / f"{text}.json"
+        if not p.exists() and (packaged_laws_dir() / f"{text}.json").exists():
+            p = packaged_laws_dir() / f"{text}.json"
+        elif not p.exists() and Path(text).is_file():
+            p, name = Path(text), None
+    try:
+        found = p.exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, a NUL
+        raise DataError(f"no fitted law `{name_or_path}`: {exc}") from None
+    if not found:
+        d = laws_dir()
+        known = sorted(x.stem for x in d.glob("*.json")) if d.is_dir() else []
         raise DataError(
             f"no fitted law `{name_or_path}` ({p}); fit one with `derisk fit FILE "
             f"--save NAME`" + (f"; known: {', '.join(known)}" if known else "")
         )
-    try:
-        return fit_from_json(json.loads(p.read_text()), str(p))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{p}: corrupt law file ({exc.msg}); refit it") from None
+    return load_law_file(p, name or str(p))
+
+
+LAW_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
+
+
+def _check_law_name(name: str) -> None:
+    """A saved law's name: a plain file name (no folders, not hidden), or a .json path."""
+    if not LAW_NAME.fullmatch(name):
+        raise DataError(
+            f"{name[:80]!r} is not a law name: use letters, digits and - _ . + (up to 200, "
+            "not starting with a dot), or a path ending in .json"
+        )
 
 
 def law_path(name_or_path: str | Path) -> Path:
@@ -268,15 +284,20 @@ def check_law_destination(name_or_path: str | Path) -> Path:
     Creates the folder if needed and writes (then removes) a probe file in it, so a bad
     destination fails before a long fit rather than after it.
     """
+    text = str(name_or_path)
+    if not text.endswith(".json"):
+        _check_law_name(text)
+    elif "\0" in text:
+        raise DataError(f"cannot save a law to {text!r}: a path cannot hold a NUL character")
     dest = law_path(name_or_path)
-    if dest.is_dir():
-        raise DataError(f"cannot save a law to {dest}: it is a folder")
-    folder = dest.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise DataError(f"cannot save a law to {dest}: {folder} is a file, not a folder")
     try:
+        if dest.is_dir():
+            raise DataError(f"cannot save a law to {dest}: it is a folder")
+        folder = dest.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise DataError(f"cannot save a law to {dest}: {folder} is a file, not a folder")
         dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=dest.parent):
             pass
@@ -302,20 +323,27 @@ def _plain(x):
 
 
 def save_law(fit: FitResult, name_or_path: str | Path, provenance: dict | None = None) -> Path:
-    """Write a fitted law as JSON (atomically) where `load_law(name_or_path)` finds it.
+    """Write a fitted law as JSON where `load_law(name_or_path)` finds it.
+
+    The file is replaced atomically (concurrent saves to one name leave one whole file,
+    never a torn one) and keeps the mode an existing file had. A law that would not load
+    back (non-finite parameters) is refused before anything is written.
 
     >>> # save_law(fit_law(data), "mylaw")  ->  ~/.local/share/derisk/laws/mylaw.json
     """
+    from derisk.graphs import write_atomic  # the one atomic writer (locks, keeps the mode)
+
     dest = check_law_destination(name_or_path)
-    text = json.dumps(_plain(fit_to_json(fit, provenance=provenance)), indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
+    body = _plain(fit_to_json(fit, provenance=provenance))
+    fit_from_json(body, str(dest), name=dest.stem)  # what load_law would say, said now
+    text = json.dumps(body, indent=1, allow_nan=False) + "\n"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(dest, text)
+    except OSError as exc:
+        raise DataError(
+            f"cannot save a law to {dest}: {exc.strerror or exc}; choose a writable "
+            "folder (or set DERISK_LAWS)"
+        ) from None
     return dest
 
 

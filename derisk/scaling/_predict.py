@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from derisk.errors import DeriskWarning
-from derisk.scaling._fit import FitResult
+from derisk.errors import DataError, DeriskWarning
+from derisk.scaling._fit import FitResult, _non_finite
 from derisk.scaling._laws import LAWS
 
 
@@ -63,12 +65,24 @@ def predict_loss(
     below: float | None = None,
     level: float = 0.8,
 ) -> Prediction:
-    if not (params > 0 and tokens > 0 and experts > 0 and granularity > 0):
-        raise ValueError("params, tokens, experts and granularity must be positive")
+    for name, v in (
+        ("params", params),
+        ("tokens", tokens),
+        ("experts", experts),
+        ("granularity", granularity),
+        ("observed", observed),
+        ("below", below),
+    ):
+        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        if v is not None and not (ok and v > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
     if not 0 < level < 1:
         raise ValueError("level must be in (0, 1)")
     X = law_inputs(fit.law, params, tokens, experts, granularity)
-    point = float(fit.predict(X)[0])
+    with np.errstate(all="ignore"):
+        point = float(fit.predict(X)[0])
+    if not math.isfinite(point):
+        raise DataError(_non_finite(fit, X[0]))
     interval = fit.predictive_interval(X, level)
     seen = fit.summary or {}
     p_hi = (seen.get("params") or [params, params])[1]
@@ -190,7 +204,7 @@ def predict_points(
         diff = tuple(setting_mismatches(fit, pt.setting)) if pt.setting is not None else ()
         cautions += [f"{who} was trained with {m}: the law may not apply" for m in diff]
         beyond = [
-            f"{x:.1f}x the {what}"
+            f"{x:.1f}x the {what}" if x < 1e4 else f"{x:.3g}x the {what}"
             for x, what in (
                 (pr.params_beyond, "largest fitted model"),
                 (pr.tokens_beyond, "most fitted tokens"),

@@ -1,0 +1,302 @@
+"""Saved law files: reading them and checking them against their schema.
+
+A law file is JSON written by `save_law`. Anything read back is checked field by field
+before it becomes a `FitResult`: the form is known, `theta` has exactly the form's
+parameters, every number is finite and in range, the bootstrap refits have the same shape
+as `theta`, and the law predicts a finite loss over the runs it was fitted to. A problem
+is one line naming the file, the field (as a JSON path: `theta[2]`, `data.params[1]`),
+what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from derisk.errors import DataError
+from derisk.scaling._fit import FitResult
+from derisk.scaling._laws import LAWS
+
+MAX_LAW_BYTES = 64 * 2**20  # a law with 10,000 bootstrap refits is about 1 MB
+MAX_SIGMA_LOG = 5.0  # run-to-run noise of a factor e^5 is no fit at all
+MAX_JSON_INT_DIGITS = 18  # longer integer literals are read as floats (huge ones -> inf)
+
+
+class LawFileError(DataError):
+    """A saved law file is unreadable or does not match the law-file schema.
+
+    `path` is the file, `field` the JSON path of the offending value ("" for the whole
+    file).
+    """
+
+    def __init__(self, path: str, field: str, problem: str, fix: str):
+        self.path = path
+        self.field = field
+        where = f"{path}: `{field}` " if field else f"{path}: "
+        super().__init__(f"{where}{problem}; {fix}")
+
+
+def refit_hint(d: object = None, name: str | None = None) -> str:
+    """The command that would write this law again (from its provenance when it has one)."""
+    prov = d.get("provenance") if isinstance(d, dict) else None
+    prov = prov if isinstance(prov, dict) else {}
+    runs = prov.get("file") if isinstance(prov.get("file"), str) else "RUNS.csv"
+    law = next(
+        (
+            x
+            for x in (prov.get("law"), d.get("law") if isinstance(d, dict) else None)
+            if isinstance(x, str) and x in LAWS
+        ),
+        None,
+    )
+    flag = f" --law {law}" if law and law != "chinchilla" else ""
+    return f"refit it with `derisk fit {runs}{flag} --save {name or 'NAME'}`"
+
+
+def read_law_json(path: Path, name: str | None = None) -> object:
+    """The parsed JSON of a law file; LawFileError for anything that is not JSON text."""
+    fix = refit_hint(name=name)
+    if path.is_dir():
+        raise LawFileError(str(path), "", "is a folder, not a law file", f"{fix} or pass the file")
+    try:
+        size = path.stat().st_size
+        if size > MAX_LAW_BYTES:
+            raise LawFileError(
+                str(path), "", f"is {size:,} bytes, more than a law file's {MAX_LAW_BYTES:,}", fix
+            )
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LawFileError(str(path), "", f"cannot be read ({exc.strerror or exc})", fix) from None
+    if not raw.strip():
+        raise LawFileError(str(path), "", "is empty", fix)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise LawFileError(
+            f"{path}:{line}", "", f"is not UTF-8 text (byte {raw[exc.start]:#04x})", fix
+        ) from None
+    try:
+        # Huge integer literals become floats (then fail the finiteness check) instead of
+        # tripping Python's integer-string limit; deep nesting is a RecursionError.
+        return json.loads(
+            text, parse_int=lambda s: int(s) if len(s) <= MAX_JSON_INT_DIGITS else float(s)
+        )
+    except json.JSONDecodeError as exc:
+        raise LawFileError(
+            f"{path}:{exc.lineno}:{exc.colno}", "", f"is not valid JSON ({exc.msg})", fix
+        ) from None
+    except (RecursionError, ValueError) as exc:
+        what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:80]
+        raise LawFileError(str(path), "", f"is not a law file ({what})", fix) from None
+
+
+def _kind(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"`{str(v).lower()}`"
+    if isinstance(v, int | float):
+        if math.isnan(v):
+            return "NaN"
+        return repr(v) if math.isfinite(v) else ("-Infinity" if v < 0 else "Infinity")
+    if isinstance(v, str):
+        return f"the string {v[:40]!r}"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    return f"a {type(v).__name__}"
+
+
+class _Checker:
+    """Checks one parsed law file, raising LawFileError at the first problem."""
+
+    def __init__(self, d: object, source: str, name: str | None):
+        self.d, self.source, self.fix = d, source, refit_hint(d, name)
+
+    def fail(self, field: str, problem: str) -> None:
+        raise LawFileError(self.source, field, problem, self.fix)
+
+    def number(
+        self,
+        v: object,
+        field: str,
+        *,
+        lo: float | None = None,
+        hi: float | None = None,
+        positive: bool = False,
+        integer: bool = False,
+    ) -> float:
+        want = "an integer" if integer else "a number"
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            self.fail(field, f"must be {want}, got {_kind(v)}")
+        if not math.isfinite(v):
+            self.fail(field, f"must be a finite number, got {_kind(v)}")
+        if integer and not float(v).is_integer():
+            self.fail(field, f"must be an integer, got {v!r}")
+        if positive and not v > 0:
+            self.fail(field, f"must be positive, got {v!r}")
+        if lo is not None and v < lo:
+            self.fail(field, f"must be at least {lo:g}, got {v!r}")
+        if hi is not None and v > hi:
+            self.fail(field, f"must be at most {hi:g}, got {v!r}")
+        return v
+
+    def vector(self, v: object, field: str, size: int, names: str) -> np.ndarray:
+        if not isinstance(v, list) or len(v) != size:
+            self.fail(field, f"must be a list of {size} numbers ({names}), got {_kind(v)}")
+        for i, x in enumerate(v):
+            self.number(x, f"{field}[{i}]")
+        return np.asarray(v, dtype=np.float64)
+
+    def mapping(self, v: object, field: str) -> dict:
+        if not isinstance(v, dict):
+            self.fail(field, f"must be a mapping, got {_kind(v)}")
+        return v
+
+
+def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) -> FitResult:
+    """A FitResult from a parsed law file, after checking every field the law uses.
+
+    Raises LawFileError (a DataError) naming the file, the field and the fix.
+    """
+    ck = _Checker(d, source, name)
+    if not isinstance(d, dict):
+        ck.fail("", f"must hold a JSON object (a mapping), got {_kind(d)}")
+    for key in ("law", "theta", "sigma_log", "n", "loss", "rmse_log", "starts"):
+        if key not in d:
+            ck.fail(key, "is missing")
+    if "version" in d and (isinstance(d["version"], bool) or d["version"] != 1):
+        ck.fail("version", f"must be 1 (the only law-file version), got {_kind(d['version'])}")
+    law = d["law"]
+    if not isinstance(law, str) or law not in LAWS:
+        ck.fail("law", f"must be one of {', '.join(LAWS)}, got {_kind(law)}")
+    form = LAWS[law]
+    names = f"{law}: {', '.join(form.params)}"
+    theta = ck.vector(d["theta"], "theta", len(form.params), names)
+    boot = d.get("bootstrap")
+    if boot is not None:
+        if not isinstance(boot, list) or not boot:
+            ck.fail("bootstrap", f"must be null or a non-empty list of refits, got {_kind(boot)}")
+        rows = [ck.vector(r, f"bootstrap[{i}]", len(theta), names) for i, r in enumerate(boot)]
+        boot = np.stack(rows)
+    sigma = ck.number(d["sigma_log"], "sigma_log", lo=0.0, hi=MAX_SIGMA_LOG)
+    n = ck.number(d["n"], "n", lo=1, integer=True)
+    loss = ck.number(d["loss"], "loss", lo=0.0)
+    rmse = ck.number(d["rmse_log"], "rmse_log", lo=0.0)
+    starts = ck.number(d["starts"], "starts", lo=0, integer=True)
+    at_opt = ck.number(d.get("starts_at_optimum", starts), "starts_at_optimum", lo=0, integer=True)
+    for key in ("intervals", "provenance"):
+        if d.get(key) is not None:
+            ck.mapping(d[key], key)
+    summary = _check_summary(ck, d.get("data", {}))
+    readable = {k: float(v) for k, v in form.readable(theta).items()}
+    for k, v in readable.items():
+        if not math.isfinite(v):
+            ck.fail("theta", f"gives {k} = {v} (a log-coefficient too large to exponentiate)")
+    if d.get("params") is not None:
+        stored = ck.mapping(d["params"], "params")
+        for k, v in stored.items():
+            if k not in readable:
+                continue  # a name this law does not have: informational only
+            x = ck.number(v, f"params.{k}")
+            if not math.isclose(x, readable[k], rel_tol=1e-6, abs_tol=1e-12):
+                ck.fail(
+                    f"params.{k}",
+                    f"is {x:g} but `theta` gives {readable[k]:g} (predictions use `theta`)",
+                )
+    fit = FitResult(
+        law=law,
+        theta=theta,
+        params=readable,
+        loss=float(loss),
+        starts=int(starts),
+        starts_at_optimum=int(at_opt),
+        screened=0,
+        n=int(n),
+        rmse_log=float(rmse),
+        sigma_log=float(sigma),
+        success=True,
+        message="loaded",
+        seconds=0.0,
+        bootstrap=boot,
+        summary=summary,
+    )
+    _check_predictions(ck, fit)
+    return fit
+
+
+def _check_summary(ck: _Checker, data: object) -> dict:
+    """The `data` block: the runs' ranges and training setting, as `predict` reads them."""
+    if data is None:
+        return {}
+    data = ck.mapping(data, "data")
+    for key in ("params", "tokens", "loss"):
+        if data.get(key) is None:
+            continue
+        v = data[key]
+        if not isinstance(v, list) or len(v) != 2:
+            ck.fail(f"data.{key}", f"must be [smallest, largest], got {_kind(v)}")
+        lo = ck.number(v[0], f"data.{key}[0]", positive=True)
+        hi = ck.number(v[1], f"data.{key}[1]", positive=True)
+        if lo > hi:
+            ck.fail(f"data.{key}", f"must be [smallest, largest], got [{lo:g}, {hi:g}]")
+    for key in ("experts", "granularity"):
+        if data.get(key) is not None:
+            v = data[key]
+            if not isinstance(v, list):
+                ck.fail(f"data.{key}", f"must be a list of numbers, got {_kind(v)}")
+            for i, x in enumerate(v):
+                ck.number(x, f"data.{key}[{i}]", positive=True)
+    for key in ("params_col", "source"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            ck.fail(f"data.{key}", f"must be a string, got {_kind(data[key])}")
+    if data.get("min_tokens") is not None:
+        ck.number(data["min_tokens"], "data.min_tokens", lo=0.0)
+    if data.get("runs") is not None:
+        ck.number(data["runs"], "data.runs", lo=0, integer=True)
+    setting = data.get("setting")
+    if setting is not None:
+        setting = ck.mapping(setting, "data.setting")
+        for k, vals in setting.items():
+            field = f"data.setting.{k}"
+            if k == "lr_x_d_model":
+                if not isinstance(vals, list) or len(vals) != 2:
+                    ck.fail(field, f"must be [lowest, highest], got {_kind(vals)}")
+                for i, x in enumerate(vals):
+                    ck.number(x, f"{field}[{i}]", positive=True)
+            elif not isinstance(vals, list) or not all(isinstance(x, str) for x in vals):
+                ck.fail(field, f"must be a list of strings (values seen), got {_kind(vals)}")
+    return data
+
+
+def _check_predictions(ck: _Checker, fit: FitResult) -> None:
+    """Refuse a law that cannot predict a finite loss over its own fitted runs."""
+    seen = fit.summary
+    p_lo, p_hi = seen.get("params") or (1e6, 1e9)
+    d_lo, d_hi = seen.get("tokens") or (1e8, 1e11)
+    g = [*(seen.get("experts") or []), *(seen.get("granularity") or []), 1.0]
+    corners = np.array(
+        [[np.log(p), np.log(t), np.log(x)] for p in (p_lo, p_hi) for t in (d_lo, d_hi) for x in g]
+    )
+    form = LAWS[fit.law]
+    with np.errstate(all="ignore"):
+        point = form.log_predict(fit.theta, corners)
+        if not np.all(np.isfinite(point) & (point < 700)):
+            ck.fail("theta", "predicts a non-finite loss over the law's own fitted runs")
+        if fit.bootstrap is not None:
+            boot = form.log_predict(fit.bootstrap, corners)  # (B, K)
+            bad = ~np.all(np.isfinite(boot) & (boot < 700), axis=1)
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                ck.fail(
+                    f"bootstrap[{i}]",
+                    "predicts a non-finite loss over the law's own fitted runs",
+                )
+
+
+def load_law_file(path: Path, name: str | None = None) -> FitResult:
+    """Read and check one law file (LawFileError on any problem)."""
+    return fit_from_json(read_law_json(path, name), str(path), name=name)
