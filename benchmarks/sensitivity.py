@@ -9,6 +9,7 @@ state space. Cases are the planner benchmark's (benchmarks/planner.py).
 
     python benchmarks/sensitivity.py              # cases A-C and the examples
     python benchmarks/sensitivity.py --only B --json
+    python benchmarks/sensitivity.py --only E --no-flips
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from planner import roadmap_for  # noqa: E402
 
 
-def run(name: str) -> dict:
+def run(name: str, flips: bool = True) -> dict:
     from derisk.graphs import example_path, examples, load_roadmap
     from derisk.planner import compile_roadmap, plan_report, solve
     from derisk.planner._sensitivity import sensitivity
@@ -36,10 +37,10 @@ def run(name: str) -> dict:
     plan_report(sol)
     t_plan = time.perf_counter() - t0
     t1 = time.perf_counter()
-    res = sensitivity(roadmap, sol)
+    res = sensitivity(roadmap, sol, flips=flips)
     t_sens = time.perf_counter() - t1
     return {
-        "case": name,
+        "case": name + ("" if flips else " (--no-flips)"),
         "experiments": len(roadmap.experiments),
         "inputs": len(res.parameters),
         "states": sol.space.size,
@@ -56,9 +57,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-flips", action="store_true", help="skip the flip points")
     args = ap.parse_args()
     cases = args.only or ["moe-at-scale", "two-approaches", "A", "B", "C"]
-    rows = [run(c) for c in cases]
+    rows = [run(c, flips=not args.no_flips) for c in cases]
     if args.json:
         print(json.dumps({"machine": platform.platform(), "rows": rows}, indent=1))
         return
