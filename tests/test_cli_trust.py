@@ -309,3 +309,12 @@ def test_debug_shows_the_traceback_from_the_console_script(tmp_path):
         cwd=tmp_path,
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr and "no such file" in res.stderr
+
+
+def test_messages_are_printed_verbatim(tmp_path):
+    """Rich would turn `:x:` into an emoji and `[b]` into markup; user text stays as is."""
+    f = tmp_path / "passwd"
+    f.write_text("root:x:0:0:[b]root[/b]\n")
+    res = run("--store", f, "runs")
+    assert res.exit_code == 2
+    assert "root:x:0:0:[b]ro" in res.stderr

@@ -35,8 +35,8 @@ def _width(stream) -> int | None:
     return None if tty or "COLUMNS" in os.environ else 200
 
 
-out = Console(highlight=False, width=_width(sys.stdout))
-err = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+out = Console(highlight=False, emoji=False, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, emoji=False, width=_width(sys.stderr))
 
 # Global options (set by the app's callback, wherever they were given on the line).
 state: dict = {"debug": False, "store": None}
