@@ -193,3 +193,14 @@ def test_random_state_files_exit_0_or_2(tmp_path, outcomes, raw):
     for cmd in ("plan", "record"):
         args = [cmd, str(path), "--json"] if cmd == "plan" else [cmd, str(path), "big=untried"]
         _no_traceback(runner.invoke(app, args))
+
+
+def test_odd_bytes_and_nan_settings_are_located_errors(tmp_path):
+    res = runner.invoke(app, ["plan", str(example_path("moe-at-scale")), "--set", "budget=\udcff"])
+    assert res.exit_code == 2 and "UTF-8" in res.stderr
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "budget: 100\nflops_per_gpu_hour: .nan\nexperiments:\n  - {id: a, cost: 1, p: 0.5}\n"
+    )
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2 and "t.yaml:2" in res.stderr and "flops_per_gpu_hour" in res.stderr

@@ -105,6 +105,10 @@ def _apply(data, text: str) -> tuple[str, object]:
             text,
             "expected `id.field=value` (e.g. pilot.p=0.5), `budget=3000`, or `hypotheses.NAME=0.4`",
         )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the shell passed through that are not text
+        _fail(text.encode("utf-8", "replace").decode(), "the value is not valid UTF-8 text")
     key, raw = text.split("=", 1)
     key = key.strip()
     mark = _FlagMark(f"--set {text}")

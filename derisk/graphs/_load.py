@@ -517,7 +517,7 @@ def _validate(data: Any, source: str) -> Roadmap:
     fpgh = None
     if "flops_per_gpu_hour" in data:
         fpgh = _number(data["flops_per_gpu_hour"])
-        if fpgh is None or fpgh <= 0:
+        if fpgh is None or not (math.isfinite(fpgh) and fpgh > 0):
             ck.err(
                 vm.get("flops_per_gpu_hour"),
                 "`flops_per_gpu_hour` must be a positive number (peak FLOP/s x utilisation x 3600)",
