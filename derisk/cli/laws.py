@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -99,6 +100,19 @@ def fit(
     png: Annotated[
         Path | None, typer.Option("--png", help="Also save a matplotlib figure.")
     ] = None,
+    run_backtest: Annotated[
+        bool,
+        typer.Option(
+            "--backtest",
+            help="Also refit below successive scale cuts (by compute and by parameters) "
+            "and score the predictions above them against the distance extrapolated; "
+            "kept in the saved law.",
+        ),
+    ] = False,
+    backtest_bootstrap: Annotated[
+        int,
+        typer.Option("--backtest-bootstrap", help="Refits per backtest cut, for its band."),
+    ] = 20,
     as_json: JsonOpt = False,
 ):
     """Fit a scaling law (Hoffmann et al. approach 3) with bootstrap intervals."""
@@ -106,6 +120,7 @@ def fit(
     from derisk.figures import fit_figure
     from derisk.scaling import (
         LAWS,
+        backtest,
         check_law_destination,
         fit_diagnostics,
         fit_law,
@@ -119,6 +134,7 @@ def fit(
     _check_int("--starts", starts, 1)
     _check_int("--seed", seed, 0, 2**63 - 1)
     _check_int("--max-rows", max_rows, 1)
+    _check_int("--backtest-bootstrap", backtest_bootstrap, 2, MAX_BOOTSTRAP)
     if fix_e is not None:
         _check_number("--fix-E", fix_e, "a positive loss", positive=True)
     _check_number("--min-tokens", min_tokens, "a token count >= 0")
@@ -167,6 +183,21 @@ def fit(
                 progress=lambda k: bar.advance(task, k),
                 on_phase=on_phase,
             )
+            bt = None
+            if run_backtest:
+                try:
+                    bt = backtest(
+                        data,
+                        law,
+                        bootstrap=backtest_bootstrap,
+                        seed=seed,
+                        fix_E=fix_e,
+                        on_phase=on_phase,
+                    )
+                except DataError as exc:
+                    warn(f"no backtest: {exc}")
+    if bt is not None:
+        result = dataclasses.replace(result, backtest=bt.as_dict())
     # what `derisk predict --run` needs to put a stored run on this law's axes
     result.summary.update(params_col=params_col, min_tokens=min_tokens)
     intervals = result.intervals()
@@ -194,9 +225,13 @@ def fit(
                 "starts": result.starts,
                 "starts_at_optimum": result.starts_at_optimum,
                 "success": result.success,
+                "status": result.status,
+                "message": result.message,
+                "flags": list(result.flags),
                 "seconds": result.seconds,
                 "saved": saved,
                 **extra,
+                **({} if bt is None else {"backtest": _backtest_json(bt)}),
             }
         )
         return
@@ -228,9 +263,45 @@ def fit(
         f"log-loss residuals: RMS {result.rmse_log:.4f}, robust noise sigma "
         f"{result.sigma_log:.4f}" + (f"; saved to {escape(saved)}" if saved else "")
     )
+    if result.status:
+        out.print(f"[bold yellow]{escape(result.message)}[/]")
+    else:
+        out.print(f"fit status: {escape(result.message)}")
+    if bt is not None:
+        _print_backtest(bt)
     _fit_chart(result, data)
     if png is not None:
         out.print(f"figure saved to {escape(str(png))}")
+
+
+def _backtest_json(bt) -> dict:
+    d = bt.as_dict()
+    del d["rows"]  # in the saved law; the table is the answer here
+    return d
+
+
+def _print_backtest(bt) -> None:
+    pct = f"{100 * bt.level:.0f}%"
+    t = Table(
+        title=f"backtest: fit below each cut, predict the runs above ({bt.bootstrap} refits "
+        "per cut)",
+        title_justify="left",
+    )
+    for col in ("by", "decades beyond", "runs", "mean |log error|", "bias", f"inside {pct}"):
+        t.add_column(col, justify="right")
+    for r in bt.table:
+        lo, hi = r["decades"]
+        t.add_row(
+            r["by"],
+            f"{lo:g}-{hi:g}" if hi is not None else f"> {lo:g}",
+            str(r["runs"]),
+            f"{r['mean_abs_log_error']:.4f}",
+            f"{r['mean_log_error']:+.4f}",
+            f"{r['inside']}/{r['runs']}",
+        )
+    out.print(t)
+    for s in bt.skipped:
+        out.print(f"skipped {s['by']} cut {s['cut']:.3g}: {escape(s['why'])}")
 
 
 def _fit_chart(result, data) -> None:

@@ -357,7 +357,7 @@ def plan(
         out.print(f"  P(reward of {escape(eid)}) = {fmt(p, p=True)}")
     if rep.actions:
         t = Table(title="Runnable now", title_justify="left")
-        for col in ("experiment", "p", "cost", "Q", "regret"):
+        for col in ("experiment", "p", "mean cost", "Q", "regret"):
             t.add_column(col, justify="left" if col == "experiment" else "right")
         for a in rep.actions:
             t.add_row(
