@@ -68,7 +68,16 @@ def explain(
     out.print()
     if ex.actions:
         t = Table(title="Runnable now", title_justify="left")
-        for col in ("experiment", "p", "mean cost", "Q", "regret", "if success", "if failure", "VOI"):
+        for col in (
+            "experiment",
+            "p",
+            "mean cost",
+            "Q",
+            "regret",
+            "if success",
+            "if failure",
+            "VOI",
+        ):
             left = col.startswith(("exp", "if"))
             t.add_column(col, justify="left" if left else "right", overflow="fold")
         for a in ex.actions:
