@@ -17,10 +17,9 @@ from derisk.cli.roadmap import (
     MaxMemOpt,
     MaxStatesOpt,
     SetOpt,
-    amount,
+    load_and_solve,
     plan_input,
     print_context,
-    solve_roadmap,
     write_graph,
 )
 from derisk.errors import DeriskError
@@ -42,14 +41,10 @@ def explain(
     value of information, and where the heuristics disagree."""
     from derisk.planner import explain as explain_plan
 
-    inp = plan_input(file, set_, fresh)
-    roadmap = inp.roadmap
-    sol = solve_roadmap(
-        inp,
-        budget=amount(budget, roadmap, "--budget"),
-        max_states=max_states,
-        max_memory_gb=max_memory,
+    inp, sol = load_and_solve(
+        file, set_, fresh, budget=budget, max_states=max_states, max_memory=max_memory
     )
+    roadmap = inp.roadmap
     ex = explain_plan(sol, recorded=inp.outcomes)
     if as_json:
         emit({"roadmap": roadmap.name, **inp.as_json(), **ex.as_dict()})
@@ -141,8 +136,6 @@ def sensitivity(
     as_json: JsonOpt = False,
 ):
     """Which estimate matters most: gradients, tornado, flip points and value of information."""
-    from derisk.planner import sensitivity as analyse
-    from derisk.planner import sensitivity_steps
 
     if not (0 < p_step <= 1):
         raise DeriskError(f"--p-step must be in (0, 1], got {p_step:g}")
@@ -150,25 +143,11 @@ def sensitivity(
         raise DeriskError(f"--cost-factor must be a number above 1, got {cost_factor:g}")
     if top < 1:
         raise DeriskError(f"--top must be at least 1, got {top}")
-    inp = plan_input(file, set_, fresh)
-    roadmap = inp.roadmap
-    sol = solve_roadmap(
-        inp,
-        budget=amount(budget, roadmap, "--budget"),
-        max_states=max_states,
-        max_memory_gb=max_memory,
+    inp, sol = load_and_solve(
+        file, set_, fresh, budget=budget, max_states=max_states, max_memory=max_memory
     )
-    _estimate(sol, roadmap, no_flips)
-    with progress("{task.completed}/{task.total}") as bar:
-        task = bar.add_task("re-solving", total=sensitivity_steps(roadmap))
-        res = analyse(
-            roadmap,
-            sol,
-            p_step=p_step,
-            cost_factor=cost_factor,
-            flips=not no_flips,
-            progress=lambda k: bar.advance(task, k),
-        )
+    roadmap = inp.roadmap
+    res = _analyse(roadmap, sol, p_step=p_step, cost_factor=cost_factor, flips=not no_flips)
     unit = roadmap.unit_label()
     if png is not None:
         from derisk.report import tornado_figure
@@ -239,6 +218,16 @@ def sensitivity(
     )
     if png is not None:
         out.print(f"tornado saved to {escape(str(png))}")
+
+
+def _analyse(roadmap, sol, **options):
+    """`planner.sensitivity` with a time estimate up front and a progress bar."""
+    from derisk.planner import sensitivity, sensitivity_steps
+
+    _estimate(sol, roadmap, not options.get("flips", True))
+    with progress("{task.completed}/{task.total}") as bar:
+        task = bar.add_task("sensitivity", total=sensitivity_steps(roadmap))
+        return sensitivity(roadmap, sol, progress=lambda k: bar.advance(task, k), **options)
 
 
 def _estimate(sol, roadmap, no_flips: bool) -> None:
@@ -323,25 +312,15 @@ def report(
 ):
     """Write report.md with figures: roadmap graph, value vs budget, tornado, policy tree,
     and the assumptions, overrides and recorded outcomes it planned from."""
-    from derisk.planner import sensitivity as analyse
-    from derisk.planner import sensitivity_steps
     from derisk.report import write_report
 
     if depth < 1:
         raise DeriskError(f"--depth must be at least 1, got {depth}")
-    inp = plan_input(file, set_, fresh)
-    roadmap = inp.roadmap
-    sol = solve_roadmap(
-        inp,
-        budget=amount(budget, roadmap, "--budget"),
-        max_states=max_states,
-        max_memory_gb=max_memory,
+    inp, sol = load_and_solve(
+        file, set_, fresh, budget=budget, max_states=max_states, max_memory=max_memory
     )
-    sens = None
-    if not no_sensitivity:
-        with progress("{task.completed}/{task.total}") as bar:
-            task = bar.add_task("sensitivity", total=sensitivity_steps(roadmap))
-            sens = analyse(roadmap, sol, progress=lambda k: bar.advance(task, k))
+    roadmap = inp.roadmap
+    sens = None if no_sensitivity else _analyse(roadmap, sol)
     res = write_report(
         roadmap,
         sol,

@@ -121,6 +121,7 @@ def fit(
     from derisk.scaling import (
         LAWS,
         backtest,
+        calibrate,
         check_law_destination,
         fit_diagnostics,
         fit_law,
@@ -197,7 +198,11 @@ def fit(
                 except DataError as exc:
                     warn(f"no backtest: {exc}")
     if bt is not None:
-        result = dataclasses.replace(result, backtest=bt.as_dict())
+        try:
+            result = calibrate(result, bt, data)
+        except DataError as exc:
+            warn(f"not calibrated: {exc}")
+            result = dataclasses.replace(result, backtest=bt.as_dict())
     # what `derisk predict --run` needs to put a stored run on this law's axes
     result.summary.update(params_col=params_col, min_tokens=min_tokens)
     intervals = result.intervals()
@@ -232,6 +237,7 @@ def fit(
                 "saved": saved,
                 **extra,
                 **({} if bt is None else {"backtest": _backtest_json(bt)}),
+                **({} if result.calibration is None else {"calibration": result.calibration}),
             }
         )
         return
@@ -269,6 +275,13 @@ def fit(
         out.print(f"fit status: {escape(result.message)}")
     if bt is not None:
         _print_backtest(bt)
+    if result.calibration:
+        for axis, c in result.calibration["axes"].items():
+            out.print(
+                f"calibrated by {axis}: extrapolation error (log sd) {c['per_decade']:.4f} "
+                f"per decade beyond the largest run; backtest runs inside the 80% band "
+                f"{100 * c['coverage_before']:.0f}% -> {100 * c['coverage_after']:.0f}%"
+            )
     _fit_chart(result, data)
     if png is not None:
         out.print(f"figure saved to {escape(str(png))}")
@@ -343,6 +356,13 @@ def optimal(
         ),
     ] = False,
     seq_len: Annotated[int, typer.Option("--seq-len")] = 2048,
+    uncalibrated: Annotated[
+        bool,
+        typer.Option(
+            "--uncalibrated",
+            help="The loss band without the law's calibrated extrapolation error.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ):
     """Compute-optimal model size and tokens for a FLOP budget, from a fitted law."""
@@ -362,7 +382,7 @@ def optimal(
             "needs a dense (chinchilla) law"
         )
     try:
-        a = optimal_allocation(result, c, exact=exact, seq_len=seq_len)
+        a = optimal_allocation(result, c, exact=exact, seq_len=seq_len, calibrated=not uncalibrated)
     except ValueError as exc:
         raise DeriskError(f"--flops {flops}: {exc}") from None
     if as_json:
@@ -376,6 +396,7 @@ def optimal(
                 "loss_interval": a.loss_interval,
                 "method": a.method,
                 "law": law,
+                "calibrated": bool(result.calibration) and not uncalibrated,
             }
         )
         return
@@ -428,6 +449,14 @@ def predict(
     below: Annotated[
         float | None, typer.Option("--below", help="Also print P(loss < this).")
     ] = None,
+    uncalibrated: Annotated[
+        bool,
+        typer.Option(
+            "--uncalibrated",
+            help="The band without the law's calibrated extrapolation error (parameter "
+            "uncertainty and run noise only), for comparison.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ):
     """A run's loss predicted by a fitted law, with its 80% predictive interval."""
@@ -490,7 +519,7 @@ def predict(
         else:
             chosen = [store.get(i) for i in run_ids]
         points += [law_point(r, fit) for r in chosen]
-    forecast = predict_points(fit, points, below=below)
+    forecast = predict_points(fit, points, below=below, calibrated=not uncalibrated)
     results = forecast.as_dicts()
     summary = forecast.summary
     if as_json:
@@ -503,7 +532,10 @@ def predict(
             }
         )
         return
-    t = Table(title=f"law {escape(law)} ({fit.law}, {fit.n} runs)", title_justify="left")
+    band = ""
+    if fit.calibration:
+        band = "; band uncalibrated" if uncalibrated else "; band calibrated for extrapolation"
+    t = Table(title=f"law {escape(law)} ({fit.law}, {fit.n} runs{band})", title_justify="left")
     cols = ["params", "tokens", "law", "80% band"]
     if summary:
         cols = ["run", *cols, "measured", "error", "q"]

@@ -261,6 +261,31 @@ def write_graph(path: Path, flag: str, *, dot: str | None = None, mermaid: str |
     return str(path)
 
 
+def load_and_solve(
+    file,
+    sets,
+    fresh: bool,
+    *,
+    budget: str | None = None,
+    resolution: str | None = None,
+    solver: str = "exact",
+    max_states: int = 2_000_000,
+    max_memory: float = 8.0,
+):
+    """What every planning command starts with: the roadmap with its recorded state and
+    overrides, solved with --budget / --resolution read in the roadmap's unit."""
+    inp = plan_input(file, sets, fresh)
+    sol = solve_roadmap(
+        inp,
+        budget=amount(budget, inp.roadmap, "--budget"),
+        resolution=amount(resolution, inp.roadmap, "--resolution"),
+        solver=solver,
+        max_states=max_states,
+        max_memory_gb=max_memory,
+    )
+    return inp, sol
+
+
 # ---------------------------------------------------------------- plan
 
 
@@ -294,16 +319,17 @@ def plan(
     if depth < 1:
         raise DeriskError(f"--depth must be at least 1, got {depth}")
 
-    inp = plan_input(file, set_, fresh)
-    roadmap = inp.roadmap
-    sol = solve_roadmap(
-        inp,
-        budget=amount(budget, roadmap, "--budget"),
-        resolution=amount(resolution, roadmap, "--resolution"),
+    inp, sol = load_and_solve(
+        file,
+        set_,
+        fresh,
+        budget=budget,
+        resolution=resolution,
         solver=solver,
         max_states=max_states,
-        max_memory_gb=max_memory,
+        max_memory=max_memory,
     )
+    roadmap = inp.roadmap
     rep = plan_report(sol, depth=depth)
     unit = roadmap.unit_label()
     written = []
@@ -552,14 +578,10 @@ def simulate(
             f"more than half of --max-memory {max_memory:g}; use fewer episodes (the standard "
             "error shrinks as 1/sqrt(n): 1e6 is already 1,000x tighter than one episode)"
         )
-    inp = plan_input(file, set_, fresh)
-    roadmap = inp.roadmap
-    sol = solve_roadmap(
-        inp,
-        budget=amount(budget, roadmap, "--budget"),
-        max_states=max_states,
-        max_memory_gb=max_memory,
+    inp, sol = load_and_solve(
+        file, set_, fresh, budget=budget, max_states=max_states, max_memory=max_memory
     )
+    roadmap = inp.roadmap
     check = check_simulation(sol, episodes=n, seed=seed)
     rows = [p.as_dict() for p in check.policies]
     if as_json:
