@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,3 +330,100 @@ def test_cli_predict_matches_the_law_formula(tmp_path, monkeypatch):
     ):
         bad = CliRunner().invoke(app, ["predict", *args])
         assert bad.exit_code == 2 and "Traceback" not in bad.output, args
+
+
+# ---------------------------------------------------------------- degenerate fits
+
+
+def _power_data(seed, E, A, alpha, B, beta, noise=0.003, n=200):
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(4e7), np.log(1.6e10), n))
+    D = np.exp(rng.uniform(np.log(5e9), np.log(5e11), n))
+    L = (E + A / N**alpha + B / D**beta) * np.exp(rng.normal(0, noise, n))
+    return run_data(N, D, L)
+
+
+def test_a_healthy_fit_has_status_ok():
+    from derisk.scaling import FIT_OK
+
+    fit = fit_law(synthetic(200, 0.005, 1))
+    assert fit.status == FIT_OK and fit.flags == () and fit.success
+    assert "converged" in fit.message
+
+
+def test_no_irreducible_loss_is_e_at_its_bound():
+    from derisk.scaling import FIT_DEGENERATE
+
+    fit = fit_law(_power_data(0, 0.0, 482.0, 0.3, 2085.0, 0.3))
+    assert fit.status == FIT_DEGENERATE and "E_at_zero" in fit.flags
+    assert "E = " in fit.message and "--fix-E" in fit.message
+    held = fit_law(_power_data(0, 0.0, 482.0, 0.3, 2085.0, 0.3), fix_E=0.5)
+    assert "E_at_zero" not in held.flags  # a held E is the user's choice, not a bound
+
+
+def test_an_exponent_outside_the_published_range_is_named():
+    fit = fit_law(_power_data(1, 1.8, 3.0, 0.05, 2085.0, 0.36))
+    assert "alpha_range" in fit.flags and "beta_range" not in fit.flags
+    assert "alpha = 0.0" in fit.message and "0.1-0.7" in fit.message
+
+
+def test_diagnose_on_constructed_parameters():
+    from derisk.scaling import diagnose
+
+    good = np.array([np.log(482.0), np.log(2085.0), np.log(1.8), 0.34, 0.37])
+    assert diagnose("chinchilla", good, 2.0) == ((), [])
+    at_ceiling = good.copy()
+    at_ceiling[2] = np.log(2.0)
+    assert diagnose("chinchilla", at_ceiling, 2.0)[0] == ("E_at_ceiling",)
+    bounds = good.copy()
+    bounds[3], bounds[4] = -0.2, 3.0
+    assert diagnose("chinchilla", bounds, 2.0)[0] == ("alpha_at_bound", "beta_at_bound")
+    ridge = np.stack([good, good + [0, 0, 0, 0.2, 0]])  # same objective, alpha 0.2 apart
+    flags, words = diagnose("chinchilla", good, 2.0, near_optimal=ridge)
+    assert flags == ("starts_disagree",) and "alpha 0.2 apart" in words[0]
+    assert diagnose("chinchilla", good, 2.0, near_optimal=ridge[:1])[0] == ()
+
+
+def test_status_is_saved_shown_and_old_laws_are_diagnosed(tmp_path, monkeypatch):
+    from derisk.scaling import fit_from_json, fit_to_json, load_law, save_law
+
+    monkeypatch.setenv("DERISK_LAWS", str(tmp_path))
+    fit = fit_law(_power_data(0, 0.0, 482.0, 0.3, 2085.0, 0.3))
+    save_law(fit, "flat")
+    back = load_law("flat")
+    assert (back.status, back.flags, back.message) == (fit.status, fit.flags, fit.message)
+    old = fit_to_json(fit)
+    for key in ("status", "message", "flags", "backtest", "calibration"):
+        del old[key]
+    again = fit_from_json(json.loads(json.dumps(old)))
+    assert again.status == fit.status and "E_at_zero" in again.flags
+    assert load_law("cpu-dense").status == 0  # the shipped laws load, healthy
+    flat = _power_data(0, 0.0, 482.0, 0.3, 2085.0, 0.3, n=60)
+    rows = zip(flat.params, flat.tokens, flat.loss, strict=True)
+    csv = write_csv(tmp_path / "flat.csv", rows)
+    r = CliRunner().invoke(app, ["fit", str(csv), "--bootstrap", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["status"] == 1 and "E_at_zero" in out["flags"] and "E = " in out["message"]
+    r = CliRunner().invoke(app, ["fit", str(csv), "--bootstrap", "0"])
+    assert "degenerate fit: E = " in " ".join(r.stdout.split())
+
+
+EPOCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_epoch.csv"
+
+
+@pytest.mark.skipif(not EPOCH.exists(), reason="../shared/data/chinchilla_epoch.csv is absent")
+def test_epochs_chinchilla_points_give_epochs_fit():
+    """Besiroglu et al. (2024): the 240 lowest-loss of Epoch's 245 points, approach 3,
+    give E 1.8172, A 482.01, B 2085.43, alpha 0.3478, beta 0.3658 (their s.e. 0.03 for E,
+    0.02 for the exponents); the fit is healthy."""
+    import csv
+
+    rows = sorted(csv.DictReader(EPOCH.open()), key=lambda r: float(r["loss"]))[:-5]
+    N = np.array([float(r["Model Size"]) for r in rows])
+    C = np.array([float(r["Training FLOP"]) for r in rows])
+    fit = fit_law(run_data(N, C / (6 * N), np.array([float(r["loss"]) for r in rows])))
+    assert fit.params["E"] == pytest.approx(1.8172, abs=0.03)
+    assert fit.params["alpha"] == pytest.approx(0.3478, abs=0.02)
+    assert fit.params["beta"] == pytest.approx(0.3658, abs=0.02)
+    assert fit.status == 0 and fit.flags == ()

@@ -100,6 +100,14 @@ def fit(
     png: Annotated[
         Path | None, typer.Option("--png", help="Also save a matplotlib figure.")
     ] = None,
+    loss_unit: Annotated[
+        str | None,
+        typer.Option(
+            "--loss-unit",
+            help="What the loss measures, recorded in the saved law (e.g. 'nats per token, "
+            "MassiveText, Chinchilla tokenizer').",
+        ),
+    ] = None,
     run_backtest: Annotated[
         bool,
         typer.Option(
@@ -205,6 +213,8 @@ def fit(
             result = dataclasses.replace(result, backtest=bt.as_dict())
     # what `derisk predict --run` needs to put a stored run on this law's axes
     result.summary.update(params_col=params_col, min_tokens=min_tokens)
+    if loss_unit:
+        result.summary["loss_unit"] = loss_unit
     intervals = result.intervals()
     extra = fit_diagnostics(result, data)
     saved = None

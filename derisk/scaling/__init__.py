@@ -1,8 +1,26 @@
 """Scaling laws: fits with uncertainty, compute-optimal allocation, dense and MoE."""
 
+from derisk.scaling._backtest import (
+    Backtest,
+    BacktestRow,
+    backtest,
+    backtest_table,
+    calibrate,
+    extrapolation_scale,
+)
 from derisk.scaling._data import RunData, load_runs_csv, run_data
 from derisk.scaling._estimate import SHIPPED_LAWS, TrainEstimate, estimate
-from derisk.scaling._fit import HUBER_DELTA, MAX_ROWS, FitResult, fit_law, objective
+from derisk.scaling._fit import (
+    FIT_DEGENERATE,
+    FIT_NOT_CONVERGED,
+    FIT_OK,
+    HUBER_DELTA,
+    MAX_ROWS,
+    FitResult,
+    diagnose,
+    fit_law,
+    objective,
+)
 from derisk.scaling._lawfile import LawFileError, fit_from_json, read_law_json
 from derisk.scaling._laws import LAWS, LawForm
 from derisk.scaling._optimal import (
@@ -34,11 +52,16 @@ from derisk.scaling._predict import (
 )
 
 __all__ = [
+    "FIT_DEGENERATE",
+    "FIT_NOT_CONVERGED",
+    "FIT_OK",
     "HUBER_DELTA",
     "LAWS",
     "MAX_ROWS",
     "SHIPPED_LAWS",
     "Allocation",
+    "Backtest",
+    "BacktestRow",
     "FitResult",
     "Forecast",
     "Frontier",
@@ -49,9 +72,14 @@ __all__ = [
     "Prediction",
     "RunData",
     "TrainEstimate",
+    "backtest",
+    "backtest_table",
+    "calibrate",
     "check_law_destination",
+    "diagnose",
     "effective_params",
     "estimate",
+    "extrapolation_scale",
     "fit_diagnostics",
     "fit_from_json",
     "fit_law",

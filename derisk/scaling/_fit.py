@@ -52,7 +52,14 @@ def objective(
 
 @dataclass(frozen=True)
 class FitResult:
-    """A fitted law (scipy.optimize style: success, status, message)."""
+    """A fitted law (scipy.optimize style: success, status, message).
+
+    `success` is whether L-BFGS converged. `status` says whether to trust the fit:
+    `FIT_OK` (0), `FIT_DEGENERATE` (1: converged, but to parameters the data cannot
+    pin down; `flags` names each problem, `message` says it in words) or
+    `FIT_NOT_CONVERGED` (2). `backtest` and `calibration` are what `backtest` and
+    `calibrate` add (None until then).
+    """
 
     law: str
     theta: np.ndarray
@@ -69,6 +76,10 @@ class FitResult:
     seconds: float
     bootstrap: np.ndarray | None = None  # (B, P) refitted theta
     summary: dict = field(default_factory=dict)
+    status: int = 0  # FIT_OK, FIT_DEGENERATE or FIT_NOT_CONVERGED
+    flags: tuple[str, ...] = ()  # what makes a fit degenerate: "E_at_zero", "alpha_range", ...
+    backtest: dict | None = None  # Backtest.as_dict() of the same data and law
+    calibration: dict | None = None  # the extrapolation-error term fitted from the backtest
 
     def intervals(self, level: float = 0.8) -> dict[str, tuple[float, float]]:
         """Central bootstrap intervals of the readable parameters."""
@@ -86,26 +97,47 @@ class FitResult:
         """Point prediction of the loss at log inputs X (n, 3)."""
         return np.exp(LAWS[self.law].log_predict(self.theta, X))
 
-    def predictive_samples(self, X: np.ndarray, *, rng=None, noise: bool = True) -> np.ndarray:
-        """(B, n) samples of the loss: bootstrap parameters x log-normal run noise."""
+    def extrapolation_sigma(self, X: np.ndarray) -> np.ndarray:
+        """(n,) log-scale sd of the calibrated extrapolation error at log inputs X: on
+        each axis of the law's `calibration` (compute 6ND, parameters N), its per-decade
+        scale times the decades beyond the largest fitted run; the largest of them. 0 in
+        range or for an uncalibrated law."""
+        out = np.zeros(len(X))
+        for axis, term in ((self.calibration or {}).get("axes") or {}).items():
+            x = X[:, 0] if axis == "params" else np.log(6.0) + X[:, 0] + X[:, 1]
+            decades = np.maximum(0.0, (x - np.log(term["reference"])) / np.log(10.0))
+            out = np.maximum(out, term["per_decade"] * decades)
+        return out
+
+    def predictive_samples(
+        self, X: np.ndarray, *, rng=None, noise: bool = True, calibrated: bool = True
+    ) -> np.ndarray:
+        """(B, n) samples of the loss: bootstrap parameters x log-normal run noise (x the
+        calibrated extrapolation error beyond the fitted runs, unless `calibrated` is
+        False)."""
         law = LAWS[self.law]
         thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
         logp = law.log_predict(thetas, X)  # (B, n)
         if noise and self.sigma_log > 0:
             rng = np.random.default_rng(0) if rng is None else rng
             logp = logp + rng.normal(0.0, self.sigma_log, size=logp.shape)
+        extra = self.extrapolation_sigma(X) if calibrated else np.zeros(len(X))
+        if noise and np.any(extra > 0):
+            # Its own stream: in range (extra 0) the samples are exactly the uncalibrated ones.
+            logp = logp + np.random.default_rng(1).standard_normal(logp.shape) * extra
         return np.exp(logp)
 
-    def predictive_interval(self, X: np.ndarray, level: float = 0.8):
+    def predictive_interval(self, X: np.ndarray, level: float = 0.8, *, calibrated: bool = True):
         """Central predictive interval (lo, hi) of the loss at the first row of X; None
-        without bootstrap samples. It always contains the point prediction.
+        without bootstrap samples. It always contains the point prediction. With a
+        `calibration` and `calibrated`, it includes the extrapolation error.
 
         Raises DataError when the law's samples there are not finite.
         """
         if self.bootstrap is None:
             return None
         with np.errstate(all="ignore"):
-            s = self.predictive_samples(X[:1])[:, 0]
+            s = self.predictive_samples(X[:1], calibrated=calibrated)[:, 0]
             point = float(self.predict(X[:1])[0])
         if not (np.all(np.isfinite(s)) and np.isfinite(point)):
             raise DataError(_non_finite(self, X[0]))
@@ -124,16 +156,99 @@ class FitResult:
             )
         return min(lo, point), max(hi, point)
 
-    def prob_below(self, X: np.ndarray, threshold: float) -> np.ndarray:
-        """P(loss < threshold) at each input: mean over bootstrap of the noise CDF."""
+    def prob_below(self, X: np.ndarray, threshold: float, *, calibrated: bool = True) -> np.ndarray:
+        """P(loss < threshold) at each input: mean over bootstrap of the noise CDF (run
+        noise and, calibrated, the extrapolation error: log-normal, their variances add)."""
         law = LAWS[self.law]
         thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
         with np.errstate(all="ignore"):
             logp = law.log_predict(thetas, X)
         if not np.all(np.isfinite(logp)):
             raise DataError(_non_finite(self, X[0]))
-        sigma = max(self.sigma_log, 1e-12)
+        extra = self.extrapolation_sigma(X) if calibrated else np.zeros(len(X))
+        sigma = np.maximum(np.sqrt(self.sigma_log**2 + extra**2), 1e-12)  # (n,)
         return stats.norm.cdf((np.log(threshold) - logp) / sigma).mean(axis=0)
+
+
+FIT_OK, FIT_DEGENERATE, FIT_NOT_CONVERGED = 0, 1, 2
+EXPONENT_RANGE = (0.1, 0.7)  # alpha, beta published for language models, roughly
+EXPONENT_BOUNDS = (0.01, 2.0)  # beyond these an exponent has run to a bound
+E_FLOOR = 0.01  # E below this fraction of the lowest loss has run to its bound at 0
+STARTS_AGREE = 0.05  # near-optimal starts whose exponents differ more than this disagree
+NEAR_OPTIMUM = 1e-3  # relative objective within which a start counts as near-optimal
+
+
+def diagnose(
+    law: str,
+    theta: np.ndarray,
+    min_loss: float,
+    *,
+    near_optimal: np.ndarray | None = None,
+    fixed_E: bool = False,
+) -> tuple[tuple[str, ...], list[str]]:
+    """What makes a fitted law degenerate: (flags, one sentence per flag).
+
+    Checks the irreducible loss E against its bounds (0, and the lowest observed loss
+    `min_loss`, which E cannot exceed), the exponents alpha and beta against their bounds
+    (EXPONENT_BOUNDS) and against the published range (EXPONENT_RANGE, roughly 0.1-0.7),
+    and, with `near_optimal` (K, P) thetas of the starts that reached nearly the best
+    objective, whether those starts disagree on the exponents (the optimum is a ridge, not
+    a point). No flags: a healthy fit.
+
+    >>> diagnose("chinchilla", np.array([6.2, 7.6, np.log(1.8), 0.34, 0.37]), 2.0)
+    ((), [])
+    """
+    form = LAWS[law]
+    p = form.readable(np.asarray(theta, dtype=np.float64))
+    flags, words = [], []
+    irreducible = float(p["E"])
+    if not fixed_E and irreducible < E_FLOOR * min_loss:
+        flags.append("E_at_zero")
+        words.append(
+            f"E = {irreducible:.3g} is at its bound 0 (no irreducible loss: the data "
+            "cannot separate E from the power laws; hold it with --fix-E)"
+        )
+    elif not fixed_E and irreducible >= (1 - 1e-3) * min_loss:
+        flags.append("E_at_ceiling")
+        words.append(
+            f"E = {irreducible:.4g} is at the lowest observed loss {min_loss:.4g} (the "
+            "power-law terms vanish on the best runs; hold E lower with --fix-E)"
+        )
+    for name in ("alpha", "beta"):
+        v = float(p[name])
+        lo, hi = EXPONENT_BOUNDS
+        if not lo <= v <= hi:
+            flags.append(f"{name}_at_bound")
+            words.append(f"{name} = {v:.3g} is at a bound (outside {lo:g}-{hi:g})")
+        elif not EXPONENT_RANGE[0] <= v <= EXPONENT_RANGE[1]:
+            flags.append(f"{name}_range")
+            words.append(
+                f"{name} = {v:.3g} is outside the published range "
+                f"{EXPONENT_RANGE[0]:g}-{EXPONENT_RANGE[1]:g}"
+            )
+    if near_optimal is not None and len(near_optimal) > 1:
+        spread = {
+            name: float(np.ptp([form.readable(t)[name] for t in near_optimal]))
+            for name in ("alpha", "beta")
+        }
+        worst = max(spread, key=spread.get)
+        if spread[worst] > STARTS_AGREE:
+            flags.append("starts_disagree")
+            words.append(
+                f"{len(near_optimal)} starts reach nearly the best objective with {worst} "
+                f"{spread[worst]:.3g} apart (a ridge, not a point: the data does not pin "
+                "the exponents down)"
+            )
+    return tuple(flags), words
+
+
+def fit_status(success: bool, flags: tuple[str, ...], words: list[str], optimizer: str):
+    """(status, message) of a fit from L-BFGS's outcome and `diagnose`'s flags."""
+    if not success:
+        return FIT_NOT_CONVERGED, f"L-BFGS did not converge: {optimizer}"
+    if flags:
+        return FIT_DEGENERATE, "degenerate fit: " + "; ".join(words)
+    return FIT_OK, "converged; E and exponents inside their usual ranges"
 
 
 def _non_finite(fit: FitResult, x: np.ndarray) -> str:
@@ -335,6 +450,17 @@ def fit_law(
     best = results[k]
     at_opt = int(np.sum(losses <= losses[k] * (1 + 1e-9) + 1e-15))
     theta = best.x
+    near = np.array(
+        [
+            r.x
+            for r, f in zip(results, losses, strict=True)
+            if f <= losses[k] * (1 + NEAR_OPTIMUM) + 1e-15
+        ]
+    )
+    flags, words = diagnose(
+        law, theta, float(np.min(data.loss)), near_optimal=near, fixed_E=fix_E is not None
+    )
+    status, message = fit_status(bool(best.success), flags, words, str(best.message))
     resid = form.log_predict(theta, X) - y
     sigma = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
     boot = None
@@ -367,10 +493,12 @@ def fit_law(
         rmse_log=float(np.sqrt(np.mean(resid**2))),
         sigma_log=sigma,
         success=bool(best.success),
-        message=str(best.message),
+        message=message,
         seconds=time.perf_counter() - t0,
         bootstrap=boot,
         summary=summary,
+        status=status,
+        flags=flags,
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from derisk.errors import DataError
-from derisk.scaling._fit import FitResult
+from derisk.scaling._fit import FIT_NOT_CONVERGED, FitResult, diagnose, fit_status
 from derisk.scaling._laws import LAWS
 
 MAX_LAW_BYTES = 64 * 2**20  # a law with 10,000 bootstrap refits is about 1 MB
@@ -188,7 +188,7 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
     rmse = ck.number(d["rmse_log"], "rmse_log", lo=0.0)
     starts = ck.number(d["starts"], "starts", lo=0, integer=True)
     at_opt = ck.number(d.get("starts_at_optimum", starts), "starts_at_optimum", lo=0, integer=True)
-    for key in ("intervals", "provenance"):
+    for key in ("intervals", "provenance", "backtest", "calibration"):
         if d.get(key) is not None:
             ck.mapping(d[key], key)
     summary = _check_summary(ck, d.get("data", {}))
@@ -207,6 +207,8 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
                     f"params.{k}",
                     f"is {x:g} but `theta` gives {readable[k]:g} (predictions use `theta`)",
                 )
+    status, message, flags = _check_status(ck, d, law, theta, summary)
+    _check_calibration(ck, d.get("calibration"))
     fit = FitResult(
         law=law,
         theta=theta,
@@ -218,14 +220,53 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
         n=int(n),
         rmse_log=float(rmse),
         sigma_log=float(sigma),
-        success=True,
-        message="loaded",
+        success=status != FIT_NOT_CONVERGED,
+        message=message,
         seconds=0.0,
         bootstrap=boot,
         summary=summary,
+        status=status,
+        flags=flags,
+        backtest=d.get("backtest"),
+        calibration=d.get("calibration"),
     )
     _check_predictions(ck, fit)
     return fit
+
+
+def _check_calibration(ck: _Checker, cal: dict | None) -> None:
+    """The extrapolation-error term predictions read: its kind, axes and numbers."""
+    if cal is None:
+        return
+    if cal.get("kind") != "lognormal_linear":
+        ck.fail("calibration.kind", f"must be 'lognormal_linear', got {_kind(cal.get('kind'))}")
+    axes = ck.mapping(cal.get("axes"), "calibration.axes")
+    for axis, term in axes.items():
+        field = f"calibration.axes.{axis}"
+        if axis not in ("compute", "params"):
+            ck.fail(field, "is not an axis (compute or params)")
+        term = ck.mapping(term, field)
+        ck.number(term.get("reference"), f"{field}.reference", positive=True)
+        ck.number(term.get("per_decade"), f"{field}.per_decade", lo=0.0, hi=MAX_SIGMA_LOG)
+
+
+def _check_status(ck: _Checker, d: dict, law: str, theta: np.ndarray, summary: dict):
+    """(status, message, flags): as saved, or (laws saved before fits had a status)
+    diagnosed again from the parameters and the runs' lowest loss."""
+    if d.get("status") is None:
+        lowest = (summary.get("loss") or [np.nan])[0]
+        fixed = not np.isfinite(lowest)  # no runs summary: E cannot be judged
+        flags, words = diagnose(law, theta, float(lowest) if not fixed else 1.0, fixed_E=fixed)
+        status, message = fit_status(True, flags, words, "")
+        return status, message, flags
+    status = int(ck.number(d["status"], "status", lo=0, hi=FIT_NOT_CONVERGED, integer=True))
+    message = d.get("message", "")
+    if not isinstance(message, str):
+        ck.fail("message", f"must be a string, got {_kind(message)}")
+    flags = d.get("flags") or []
+    if not isinstance(flags, list) or not all(isinstance(x, str) for x in flags):
+        ck.fail("flags", f"must be a list of strings, got {_kind(flags)}")
+    return status, message, tuple(flags)
 
 
 def _check_summary(ck: _Checker, data: object) -> dict:
@@ -250,7 +291,7 @@ def _check_summary(ck: _Checker, data: object) -> dict:
                 ck.fail(f"data.{key}", f"must be a list of numbers, got {_kind(v)}")
             for i, x in enumerate(v):
                 ck.number(x, f"data.{key}[{i}]", positive=True)
-    for key in ("params_col", "source"):
+    for key in ("params_col", "source", "loss_unit"):
         if data.get(key) is not None and not isinstance(data[key], str):
             ck.fail(f"data.{key}", f"must be a string, got {_kind(data[key])}")
     if data.get("min_tokens") is not None:

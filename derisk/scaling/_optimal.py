@@ -52,13 +52,21 @@ def _chinchilla_like(fit: FitResult) -> tuple[float, float, float, float, float]
 
 
 def optimal_allocation(
-    fit: FitResult, flops: float, *, exact: bool = False, seq_len: int = 2048, level: float = 0.8
+    fit: FitResult,
+    flops: float,
+    *,
+    exact: bool = False,
+    seq_len: int = 2048,
+    level: float = 0.8,
+    calibrated: bool = True,
 ) -> Allocation:
     """N*(C), D*(C) minimising the fitted loss at compute C.
 
     Closed form under C = 6ND (Hoffmann et al. 2022, eq. 4):
     N* = G (C/6)^(b/(a+b)), D* = G^-1 (C/6)^(a/(a+b)), G = (alpha A / (beta B))^(1/(a+b)).
     With exact=True, C = D x flops_per_token(N) (attention included), solved numerically.
+    The loss interval includes the law's calibrated extrapolation error unless
+    `calibrated` is False.
     """
     if not (np.isfinite(flops) and flops > 0):
         raise ValueError(f"flops must be a positive number, got {flops!r}")
@@ -104,7 +112,7 @@ def optimal_allocation(
         point = float(fit.predict(X)[0])
     if not np.isfinite(point):
         raise DataError(f"the law predicts a non-finite loss at {flops:g} FLOPs")
-    interval = fit.predictive_interval(X, level)
+    interval = fit.predictive_interval(X, level, calibrated=calibrated)
     return Allocation(
         flops=float(flops),
         params=float(n),
@@ -216,6 +224,11 @@ def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
         "starts": fit.starts,
         "starts_at_optimum": fit.starts_at_optimum,
         "bootstrap": None if fit.bootstrap is None else fit.bootstrap.tolist(),
+        "status": fit.status,
+        "message": fit.message,
+        "flags": list(fit.flags),
+        "backtest": fit.backtest,
+        "calibration": fit.calibration,
         "data": fit.summary,
         "provenance": provenance or {},
     }

@@ -39,6 +39,7 @@ class Prediction:
     error: float | None = None
     below: float | None = None  # a target loss, and the probability of beating it
     p_below: float | None = None
+    calibrated: bool = False  # the band includes the law's calibrated extrapolation error
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,7 +65,15 @@ def predict_loss(
     observed: float | None = None,
     below: float | None = None,
     level: float = 0.8,
+    calibrated: bool = True,
 ) -> Prediction:
+    """The law's loss at one point with its central `level` predictive interval.
+
+    With a law that carries a `calibration` (from `calibrate`) and `calibrated`, the
+    interval, `quantile` and `p_below` include the extrapolation error beyond the fitted
+    runs (0 in range); `calibrated=False` gives the band from parameter uncertainty and
+    run noise alone.
+    """
     for name, v in (
         ("params", params),
         ("tokens", tokens),
@@ -83,15 +92,15 @@ def predict_loss(
         point = float(fit.predict(X)[0])
     if not math.isfinite(point):
         raise DataError(_non_finite(fit, X[0]))
-    interval = fit.predictive_interval(X, level)
+    interval = fit.predictive_interval(X, level, calibrated=calibrated)
     seen = fit.summary or {}
     p_hi = (seen.get("params") or [params, params])[1]
     d_hi = (seen.get("tokens") or [tokens, tokens])[1]
     quantile = error = None
     if observed is not None:
-        quantile = float(fit.prob_below(X, observed)[0])
+        quantile = float(fit.prob_below(X, observed, calibrated=calibrated)[0])
         error = observed / point - 1.0
-    p_below = None if below is None else float(fit.prob_below(X, below)[0])
+    p_below = None if below is None else float(fit.prob_below(X, below, calibrated=calibrated)[0])
     return Prediction(
         params=float(params),
         tokens=float(tokens),
@@ -107,6 +116,7 @@ def predict_loss(
         error=error,
         below=below,
         p_below=p_below,
+        calibrated=bool(calibrated and fit.calibration),
     )
 
 
@@ -184,7 +194,11 @@ class Forecast:
 
 
 def predict_points(
-    fit: FitResult, points: Sequence[PredictPoint], *, below: float | None = None
+    fit: FitResult,
+    points: Sequence[PredictPoint],
+    *,
+    below: float | None = None,
+    calibrated: bool = True,
 ) -> Forecast:
     """`predict_loss` at every point, warning (`DeriskWarning`) when a run was trained
     differently from the law's runs or a point lies beyond the largest fitted model or
@@ -199,6 +213,7 @@ def predict_points(
             granularity=pt.granularity,
             observed=pt.observed,
             below=below,
+            calibrated=calibrated,
         )
         who = "this point" if pt.run is None else f"run {pt.run}"
         diff = tuple(setting_mismatches(fit, pt.setting)) if pt.setting is not None else ()
