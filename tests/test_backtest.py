@@ -250,3 +250,27 @@ def test_calibrated_band_covers_held_out_larger_runs(truth):
             total += 1
     assert 0.65 <= inside[True] / total <= 0.95
     assert inside[True] > inside[False]
+
+
+def test_shipped_chinchilla_law_matches_epochs_fit_and_drives_optimal():
+    """The shipped law against Epoch's published refit of Hoffmann et al.'s points
+    (Besiroglu et al. 2024: E 1.8172, A 482.01, B 2085.43, alpha 0.3478, beta 0.3658),
+    and `derisk optimal --flops 1e22` working with its defaults."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from derisk.cli import app
+    from derisk.scaling import load_law
+
+    law = load_law("chinchilla")
+    p = law.params
+    assert p["E"] == pytest.approx(1.8172, rel=0.01)
+    assert p["alpha"] == pytest.approx(0.3478, abs=0.01)
+    assert p["beta"] == pytest.approx(0.3658, abs=0.01)
+    res = CliRunner().invoke(app, ["optimal", "--flops", "1e22", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert 5e9 < out["params"] < 2e10 and 10 < out["tokens_per_param"] < 40
+    lo, hi = out["loss_interval"]
+    assert lo <= out["loss"] <= hi
