@@ -62,7 +62,9 @@ def _spans(w) -> list[tuple[float, float, str]]:
     return out
 
 
-def whatif_figure(w, roadmap, path: str | Path, *, budget: float | None = None) -> Path:
+def whatif_figure(
+    w, roadmap, path: str | Path, *, budget: float | None = None, left: bool = False
+) -> Path:
     """Value and P(goal) against budget, each budget range labelled with its best first
     experiment, and the roadmap's budget marked.
 
@@ -89,7 +91,8 @@ def whatif_figure(w, roadmap, path: str | Path, *, budget: float | None = None) 
         colour = colours.setdefault(first, palette[len(colours) % len(palette)])
         ax.axvspan(lo, hi, color=colour, alpha=0.45, lw=0)
     lines = [ax.plot(budgets, w.value, color="C0", lw=2, label="expected value")[0]]
-    ax.set_xlabel(f"budget ({unit})" if unit else "budget")
+    what = "budget left" if left else "budget"  # after recorded outcomes: what is left
+    ax.set_xlabel(f"{what} ({unit})" if unit else what)
     ax.set_ylabel("expected value")
     span = budgets[-1] - budgets[0] if budgets[-1] > budgets[0] else 1.0
     ax.set_xlim(budgets[0], budgets[0] + span * 1.02)  # room for a budget line at the end

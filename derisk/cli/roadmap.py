@@ -479,7 +479,7 @@ def whatif(
     w = whatif_report(sol, bottom, top)
     goal = goal_of(w, roadmap)
     if png is not None:
-        png = whatif_figure(w, roadmap, png, budget=left)
+        png = whatif_figure(w, roadmap, png, budget=left, left=bool(inp.outcomes))
     if as_json:
         emit(
             {
@@ -504,18 +504,21 @@ def whatif(
         f"solve, {sol.seconds:.2f}s)"
     )
     print_context(inp)
+    now = int(np.argmin(np.abs(w.budgets - left)))  # the row plan starts from
     pick = sorted(
         set(np.linspace(0, len(w.budgets) - 1, min(rows, len(w.budgets))).round().astype(int))
         | set(w.changes)
         | {k - 1 for k in w.changes if k}
+        | ({now} if w.budgets[now] - left < sol.problem.resolution else set())
     )
     t = Table()
-    for col in ("budget", "value", f"P({goal})" if goal else "P", "E(compute)", "first"):
+    axis = "budget left" if inp.outcomes else "budget"
+    for col in (axis, "value", f"P({goal})" if goal else "P", "E(compute)", "first"):
         t.add_column(escape(col), justify="right")
     for k in pick:
         mark = " *" if k in w.changes else ""
         t.add_row(
-            fmt(w.budgets[k], unit),
+            fmt(w.budgets[k], unit) + (" (now)" if k == now else ""),
             fmt(w.value[k]),
             fmt(w.p_reward[goal][k], p=True) if goal else "-",
             fmt(w.expected_compute[k], unit),

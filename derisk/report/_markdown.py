@@ -223,7 +223,13 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
     md.append("## Value against budget")
     md.append("")
     w = whatif_report(solution, 0.0, pr.levels * pr.resolution)
-    whatif_figure(w, roadmap, tmp / "value_budget.png", budget=pr.start_budget * pr.resolution)
+    whatif_figure(
+        w,
+        roadmap,
+        tmp / "value_budget.png",
+        budget=pr.start_budget * pr.resolution,
+        left=bool(recorded),
+    )
     files.append("value_budget.png")
     md.append("![Value against budget](value_budget.png)")
     md.append("")
