@@ -115,6 +115,7 @@ def test_cli_fit_backtest_prints_saves_and_loads(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, [*args, "--backtest-bootstrap", "3"])
     assert r.exit_code == 0, r.output
     assert "decades beyond" in r.stdout and "inside 80%" in r.stdout
+    assert "backtest: held-out larger runs" in r.stdout  # the plot beside the table
     r = CliRunner().invoke(app, [*args, "--backtest-bootstrap", "1"])
     assert r.exit_code == 2 and "--backtest-bootstrap" in r.output
 

@@ -285,6 +285,7 @@ def fit(
         out.print(f"fit status: {escape(result.message)}")
     if bt is not None:
         _print_backtest(bt)
+        _backtest_chart(bt, result.calibration)
     if result.calibration:
         for axis, c in result.calibration["axes"].items():
             out.print(
@@ -325,6 +326,30 @@ def _print_backtest(bt) -> None:
     out.print(t)
     for s in bt.skipped:
         out.print(f"skipped {s['by']} cut {s['cut']:.3g}: {escape(s['why'])}")
+
+
+def _backtest_chart(bt, calibration) -> None:
+    """Each held-out run's log error against how far it was extrapolated, with the 80%
+    spread the calibration adds (+-1.28 x k x decades)."""
+    import plotext as plt
+
+    plt.clear_figure()
+    for by, marker in (("compute", "dot"), ("params", "x")):
+        rows = [r for r in bt.rows if r.by == by]
+        if rows:
+            x = [r.decades for r in rows]
+            plt.scatter(x, [r.log_error for r in rows], label=f"by {by}", marker=marker)
+    k = ((calibration or {}).get("axes", {}).get("compute") or {}).get("per_decade")
+    if k:
+        top = max((r.decades for r in bt.rows), default=1.0)
+        xs = np.linspace(0, top, 20)
+        z = 1.2816  # the 80% band's half-width in standard deviations
+        plt.plot(xs.tolist(), (z * k * xs).tolist(), label="calibrated 80% (compute)")
+        plt.plot(xs.tolist(), (-z * k * xs).tolist())
+    plt.xlabel("decades beyond the largest fitted run")
+    plt.ylabel("log error")
+    plt.title("backtest: held-out larger runs")
+    print_chart(plt)
 
 
 def _fit_chart(result, data) -> None:
