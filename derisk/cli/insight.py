@@ -205,17 +205,7 @@ def sensitivity(
         f"step of {fmt(res.resolution, unit)}: reproduce a number with `derisk plan FILE "
         f"--set X=... --resolution {res.resolution:g}`."
     )
-    ev = sorted(res.evpi_experiments.items(), key=lambda kv: -kv[1])
-    out.print(
-        "Value of knowing before deciding (EVPI): "
-        + ", ".join(f"{escape(k)} {fmt(v)}" for k, v in ev)
-        + (
-            "; hypotheses: "
-            + ", ".join(f"{escape(k)} {fmt(v)}" for k, v in res.evpi_hypotheses.items())
-            if res.evpi_hypotheses
-            else ""
-        )
-    )
+    out.print(f"Value of knowing before deciding (EVPI): {res.evpi_text(escape)}")
     if png is not None:
         out.print(f"tornado saved to {escape(str(png))}")
 
@@ -233,10 +223,9 @@ def _analyse(roadmap, sol, **options):
 def _estimate(sol, roadmap, no_flips: bool) -> None:
     """Say up front when the analysis will take a while (stderr)."""
     from derisk.cli._output import err
-    from derisk.planner._sensitivity import SOLVES_PER_INPUT
+    from derisk.planner._sensitivity import SOLVES_PER_INPUT, sensitivity_inputs
 
-    inputs = sum(2 if not isinstance(e.p, float) else 1 for e in roadmap.experiments)
-    inputs += len(roadmap.hypotheses) + len(roadmap.experiments)
+    inputs = sensitivity_inputs(roadmap)
     solves = inputs * (4 if no_flips else SOLVES_PER_INPUT)
     seconds = solves * max(sol.seconds, 1e-4)
     if seconds > 30:

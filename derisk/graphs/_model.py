@@ -27,6 +27,19 @@ MAX_UNITS = 2**62  # clamp for cost units when no cap is given: never wrap int64
 Z90 = float(stats.norm.ppf(0.9))
 
 
+def unit_label(unit: str | None) -> str:
+    """How a canonical unit is printed (and accepted back as input): GPU-h, FLOP."""
+    return {"gpu_hours": "GPU-h", "flops": "FLOP"}.get(unit or "", "")
+
+
+def steps_up(values: np.ndarray, resolution: float) -> np.ndarray:
+    """Costs in whole budget steps, as floats (no cap, no int cast): rounded up, with a
+    float tolerance that keeps 40/10 at 4 steps, and never 0 for a positive cost."""
+    with np.errstate(over="ignore"):
+        steps = np.ceil(np.asarray(values, dtype=float) / resolution - 1e-9)
+    return np.where(np.asarray(values) > 0, np.maximum(steps, 1.0), 0.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Cost:
     """Compute cost of an experiment in the roadmap's unit.
@@ -74,14 +87,11 @@ class Cost:
         any size stays unaffordable instead of overflowing int64.
         """
         values, probs = self.values(bins=bins)
-        with np.errstate(over="ignore"):
-            steps = values / resolution - 1e-9
+        steps = steps_up(values, resolution)
         # A cost beyond the budget is unaffordable whatever its size: clamp before the cast,
         # which would otherwise wrap a cost of 1e19 steps around to a negative (or zero).
         steps = np.minimum(steps, float(min(cap, MAX_UNITS)) if cap is not None else MAX_UNITS)
-        units = np.ceil(steps).astype(np.int64)
-        # a positive cost is never free, however fine the step is compared with it
-        units = np.where(values > 0, np.maximum(units, 1), 0)
+        units = steps.astype(np.int64)
         uniq, inv = np.unique(units, return_inverse=True)
         merged = np.bincount(inv, weights=probs)
         return uniq, merged
@@ -205,7 +215,7 @@ class Roadmap:
         return choice.step
 
     def unit_label(self) -> str:
-        return {"gpu_hours": "GPU-h", "flops": "FLOP"}.get(self.unit or "", "")
+        return unit_label(self.unit)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -228,7 +238,7 @@ class ResolutionChoice:
 
 
 def _rounded_up(amount: float, step: float) -> float:
-    return math.ceil(amount / step - 1e-9) * step  # as `Cost.levels` rounds
+    return float(steps_up(amount, step)) * step  # as `Cost.levels` rounds
 
 
 def _nice_steps(hi: float, lo: float):
@@ -300,16 +310,14 @@ def choose_resolution(
         out = ((budget - levels * step) / budget, budget, None, levels * step)
         for a, eid in amounts:
             rounded = _rounded_up(a, step)
-            # a cost under 1e-9 steps rounds down to free: never a good step for it
-            inflation = (rounded - a) / a if rounded > 0 else math.inf
+            inflation = (rounded - a) / a
             if inflation > out[0]:
                 out = (inflation, a, eid, rounded)
         for eid, values, probs in spreads:
             # a stochastic cost's mean over its bins (each rounded up to whole steps)
             mean = float(values @ probs) / float(probs.sum())
-            units = np.maximum(np.ceil(values / step - 1e-9), 0)
-            rounded = float((units * step) @ probs) / float(probs.sum())
-            inflation = (rounded - mean) / mean if rounded > 0 else math.inf
+            rounded = float((steps_up(values, step) * step) @ probs) / float(probs.sum())
+            inflation = (rounded - mean) / mean
             if inflation > out[0]:
                 out = (inflation, mean, eid, rounded)
         return out

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from derisk.planner._backup import action_value
+from derisk.planner._exact import _block_rows
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace
-
-BLOCK_ELEMENTS = 1 << 19  # rows x levels per block, as in the exact solver
 
 
 def rewarded_nodes(problem: PlanningProblem) -> list[int]:
@@ -44,7 +43,7 @@ def _channel(problem, space, policy, gains, spend, keep_state):
     """One backward channel; returns the row of `keep_state` (L,) (all rows if None)."""
     S, L = space.size, problem.levels + 1
     X = np.zeros((S, L))
-    block = max(64, BLOCK_ELEMENTS // L)
+    block = _block_rows(L)  # the exact solver's cache-sized blocks
     for layer in space.layers():
         for start in range(0, len(layer), block):
             rows = layer[start : start + block]
@@ -149,7 +148,7 @@ def start_value(
     p_succ = np.zeros(problem.n)
     lo = problem.min_cost
     price = problem.price_per_unit
-    block = max(64, BLOCK_ELEMENTS // L)
+    block = _block_rows(L)  # the exact solver's cache-sized blocks
     for layer in reversed(space.layers()):
         for start in range(0, len(layer), block):
             rows = layer[start : start + block]

@@ -14,25 +14,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from derisk._numbers import fmt as _fmt
-from derisk.planner._heuristics import HEURISTICS
+from derisk.graphs._model import unit_label
 from derisk.planner._problem import FAILED, SUCCESS, PlanningProblem
+from derisk.planner._report import budget_after, heuristic_summary
 from derisk.planner._sensitivity import _config_bits, evpi
 from derisk.planner._solve import Solution
+from derisk.planner._states import config_posterior
 
 
 def hypothesis_posteriors(problem: PlanningProblem, status: np.ndarray) -> dict[str, float]:
     """P(hypothesis true | the outcomes in `status`), one (n,) status vector."""
     if not problem.hypotheses:
         return {}
-    w = problem.prior.copy()
-    for i in np.flatnonzero(problem.hyp_of >= 0):
-        if status[i] == SUCCESS:
-            w = w * problem.p_table[i]
-        elif status[i] == FAILED:
-            w = w * (1 - problem.p_table[i])
-    z = w.sum()
-    w = w / z if z > 0 else problem.prior
-    post = w @ _config_bits(problem)
+    post = config_posterior(problem, status[None, :])[0] @ _config_bits(problem)
     return {h: float(post[k]) for k, h in enumerate(problem.hypotheses)}
 
 
@@ -120,15 +114,10 @@ class Explanation:
 def _branches(solution: Solution, i: int) -> tuple[list[Branch], float]:
     pr, sp = solution.problem, solution.space
     s, b = sp.root, pr.start_budget
-    cu, cq = pr.cost_units[i], pr.cost_probs[i]
-    fits = cu <= b
-    p_fit = float(cq[fits].sum())
+    p_fit, left, w, median = budget_after(pr, i, b)
     out = []
     if p_fit <= 0:
         return out, 1.0
-    left, w = b - cu[fits], cq[fits] / p_fit
-    order = np.argsort(left)
-    median = int(left[order][np.searchsorted(np.cumsum(w[order]), 0.5 - 1e-12)])
     p = float(sp.p[s, i])
     for label, succ, code, prob in (
         ("success", sp.succ_s[s, i], SUCCESS, p),
@@ -152,7 +141,7 @@ def _branches(solution: Solution, i: int) -> tuple[list[Branch], float]:
     return out, 1.0 - p_fit
 
 
-def _summary(ex_actions, best, value, posteriors, heur, unit_label) -> str:
+def _summary(ex_actions, best, value, posteriors, heur, unit: str) -> str:
     if best is None:
         if not ex_actions:
             return (
@@ -163,7 +152,7 @@ def _summary(ex_actions, best, value, posteriors, heur, unit_label) -> str:
             f"Stop: the best experiment, {top.id}, is worth {_fmt(top.q)} in expectation, "
             f"less than stopping (0), so no experiment pays for its compute from here."
         )
-    u = f" {unit_label}" if unit_label else ""
+    u = f" {unit}" if unit else ""
     parts = [f"Run {best.id} next (p {best.p:.2f}, about {_fmt(best.cost)}{u})."]
     for br in best.branches:
         moves = []
@@ -202,8 +191,16 @@ def _summary(ex_actions, best, value, posteriors, heur, unit_label) -> str:
     return " ".join(parts)
 
 
-def explain(solution: Solution, *, recorded: dict[str, str] | None = None) -> Explanation:
+def explain(
+    solution: Solution,
+    *,
+    recorded: dict[str, str] | None = None,
+    evpi_by_id: dict[str, float] | None = None,
+) -> Explanation:
     """Why the recommended first experiment, with every number behind it.
+
+    `evpi_by_id` passes values of information already computed (by `sensitivity` on the
+    same solution) instead of re-solving for them.
 
     >>> from derisk.graphs import random_roadmap
     >>> from derisk.planner import compile_roadmap, solve
@@ -215,12 +212,7 @@ def explain(solution: Solution, *, recorded: dict[str, str] | None = None) -> Ex
     s, b = sp.root, pr.start_budget
     value = solution.root_value
     q = solution.q_values()
-    heur = {}
-    for name in HEURISTICS:
-        table = solution.policy_table(name)
-        hv = solution.start_value(name).value
-        pick = None if table is None or table[s, b] < 0 else pr.ids[table[s, b]]
-        heur[name] = {"pick": pick, "value": hv, "regret": value - hv}
+    heur = heuristic_summary(solution)
     dependents: dict[int, list[str]] = {}
     for j, clauses in enumerate(pr.clauses):
         for c in clauses:
@@ -241,7 +233,11 @@ def explain(solution: Solution, *, recorded: dict[str, str] | None = None) -> Ex
                 regret=value - float(q[i]),
                 branches=tuple(branches),
                 p_overrun=p_over,
-                evpi=evpi(solution, experiment=pr.ids[i]),
+                evpi=(
+                    evpi_by_id[pr.ids[i]]
+                    if evpi_by_id is not None
+                    else evpi(solution, experiment=pr.ids[i])
+                ),
                 unlocks=tuple(dict.fromkeys(dependents.get(i, []))),
                 picked_by=tuple(k for k, v in heur.items() if v["pick"] == pr.ids[i]),
             )
@@ -251,7 +247,7 @@ def explain(solution: Solution, *, recorded: dict[str, str] | None = None) -> Ex
     acts.sort(key=lambda x: (x.id != nxt, -x.q))  # the pick first, even on a tie
     best = next((x for x in acts if x.id == nxt), None)
     posteriors = hypothesis_posteriors(pr, pr.start_status)
-    label = {"gpu_hours": "GPU-h", "flops": "FLOP", "gpu_days": "GPU-days"}.get(pr.unit or "", "")
+    label = unit_label(pr.unit)
     return Explanation(
         next=nxt,
         value=value,

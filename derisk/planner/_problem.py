@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, replace
 
 import networkx as nx
@@ -11,6 +10,7 @@ import numpy as np
 
 from derisk.errors import SolverError
 from derisk.graphs import MAX_LEVELS, Conditional, Roadmap
+from derisk.graphs._model import steps_up
 
 # Status codes of one experiment inside a state.
 UNTRIED, SUCCESS, FAILED, DEAD = 0, 1, 2, 3
@@ -112,7 +112,8 @@ def compile_roadmap(
     # More budget than every experiment together could spend plans like exactly that much:
     # the step is chosen for what can be spent, so a what-if "--budget 1e6" does not
     # coarsen the step until the plan is worse (or free).
-    spendable = sum(float(e.cost.values(bins=cost_bins)[0].max()) for e in roadmap.experiments)
+    largest = np.array([e.cost.values(bins=cost_bins)[0].max() for e in roadmap.experiments])
+    spendable = float(largest.sum())
     if resolution is not None:
         res = float(resolution)
         if not (np.isfinite(res) and res > 0):
@@ -122,11 +123,7 @@ def compile_roadmap(
     planned = total
     if total > spendable:
         # every experiment at its largest cost, in whole steps (floats: no cap, no wrap)
-        need = sum(
-            math.ceil(float(e.cost.values(bins=cost_bins)[0].max()) / res - 1e-9)
-            for e in roadmap.experiments
-        )
-        planned = min(total, need * res)
+        planned = min(total, float(steps_up(largest, res).sum()) * res)
     steps = planned / res
     if steps > MAX_LEVELS:
         given = "--resolution" if resolution is not None else "`resolution:`"

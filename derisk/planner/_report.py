@@ -45,12 +45,7 @@ def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
     pick = int(solution.policy[s, b])
     chosen = None if pick < 0 else pr.ids[pick]
     actions.sort(key=lambda x: (x["id"] != chosen, -x["q"]))  # the pick first, even on a tie
-    heur = {}
-    for name in HEURISTICS:
-        table = solution.policy_table(name)
-        hv = solution.start_value(name).value
-        pick = None if table is None else (None if table[s, b] < 0 else pr.ids[table[s, b]])
-        heur[name] = {"pick": pick, "value": hv, "regret": value - hv}
+    heur = heuristic_summary(solution)
     a = int(solution.policy[s, b])
     return PlanReport(
         next=None if a < 0 else pr.ids[a],
@@ -64,6 +59,38 @@ def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
         solve_seconds=solution.seconds,
         budget_left=float(b * pr.resolution + pr.surplus),
     )
+
+
+def heuristic_summary(solution: Solution) -> dict[str, dict]:
+    """Each heuristic's first pick at the planning start, its exact value, and its regret
+    against the optimal policy ("random" picks nothing: it is uniform)."""
+    pr, sp = solution.problem, solution.space
+    s, b = sp.root, pr.start_budget
+    out = {}
+    for name in HEURISTICS:
+        table = solution.policy_table(name)
+        hv = solution.start_value(name).value
+        pick = None if table is None or table[s, b] < 0 else pr.ids[table[s, b]]
+        out[name] = {"pick": pick, "value": hv, "regret": solution.root_value - hv}
+    return out
+
+
+def budget_after(problem, node: int, b: int):
+    """How the budget left is distributed after starting `node` with `b` units left.
+
+    Returns (p_fit, left, weights, median): the probability the run fits the budget,
+    the budget units left for each fitting cost level with their conditional
+    probabilities, and the median of that distribution (0 when nothing fits).
+    """
+    cu, cq = problem.cost_units[node], problem.cost_probs[node]
+    fits = cu <= b
+    p_fit = float(cq[fits].sum())
+    if p_fit <= 0:
+        return 0.0, np.zeros(0, dtype=np.int64), np.zeros(0), 0
+    left, w = b - cu[fits], cq[fits] / p_fit
+    order = np.argsort(left)
+    median = int(left[order][np.searchsorted(np.cumsum(w[order]), 0.5 - 1e-12)])
+    return p_fit, left, w, median
 
 
 def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
@@ -90,19 +117,14 @@ def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
     }
     if depth <= 1:
         return node
-    cu, cq = pr.cost_units[a], pr.cost_probs[a]
-    fits = cu <= b
-    p_fit = float(cq[fits].sum())
-    if fits.any():
-        left, w = b - cu[fits], cq[fits] / p_fit
-        order = np.argsort(left)
-        median = int(left[order][np.searchsorted(np.cumsum(w[order]), 0.5 - 1e-12)])
+    p_fit, left, _, median = budget_after(pr, a, b)
+    if p_fit > 0:
         span = [
             float(left.min() * pr.resolution + pr.surplus),
             float(left.max() * pr.resolution + pr.surplus),
         ]
     else:
-        median, span = 0, [0.0, 0.0]
+        span = [0.0, 0.0]
     p = float(sp.p[s, a])
     branches = [
         ("success", p * p_fit, sp.succ_s[s, a], median),

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from derisk._numbers import fmt
 from derisk.errors import SolverError
 from derisk.graphs import Conditional, Cost, Roadmap
 from derisk.planner._evaluate import start_value
@@ -92,6 +93,16 @@ class Sensitivity:
     solves: int
     seconds: float
 
+    def evpi_text(self, name=str) -> str:
+        """ "big 1.79, pilot 0.152; hypotheses: h 0.216", largest first; `name` quotes ids."""
+
+        ranked = sorted(self.evpi_experiments.items(), key=lambda kv: -kv[1])
+        text = ", ".join(f"{name(k)} {fmt(v)}" for k, v in ranked)
+        if self.evpi_hypotheses:
+            hyps = ", ".join(f"{name(k)} {fmt(v)}" for k, v in self.evpi_hypotheses.items())
+            text += f"; hypotheses: {hyps}"
+        return text
+
     def as_dict(self) -> dict:
         return {
             "value": self.value,
@@ -154,16 +165,13 @@ def _set(problem: PlanningProblem, roadmap: Roadmap, knob: _Knob, x: float) -> P
         return replace(problem, p_table=table)
     # cost: x is the new median in the roadmap's unit; a lognormal keeps its spread
     cost = roadmap.experiments[i].cost
-    scale = x / cost.median if cost.median > 0 else 0.0
-    new = Cost(median=x, p90=None if cost.p90 is None else cost.p90 * scale)
-    if cost.median <= 0:
+    if cost.p90 is not None and cost.median > 0:
+        new = Cost(median=x, p90=cost.p90 * x / cost.median)
+    else:
         new = Cost(median=x)
     # beyond the budget is unaffordable, however far: clamp, as compile_roadmap does
-    units, probs = new.levels(problem.resolution, cap=problem.levels + 1)
-    uniq, inv = np.unique(units, return_inverse=True)
-    costs = list(problem.cost_units)
-    cprobs = list(problem.cost_probs)
-    costs[i], cprobs[i] = uniq, np.bincount(inv, weights=probs)
+    costs, cprobs = list(problem.cost_units), list(problem.cost_probs)
+    costs[i], cprobs[i] = new.levels(problem.resolution, cap=problem.levels + 1)
     return replace(problem, cost_units=tuple(costs), cost_probs=tuple(cprobs))
 
 
@@ -415,7 +423,13 @@ def sensitivity(
 SOLVES_PER_INPUT = 23  # measured mean over the benchmark cases (BENCHMARKS.md)
 
 
+def sensitivity_inputs(roadmap: Roadmap) -> int:
+    """How many inputs `sensitivity` varies: each p (two for a conditional one), each
+    hypothesis prior, each cost."""
+    n_p = sum(2 if isinstance(e.p, Conditional) else 1 for e in roadmap.experiments)
+    return n_p + len(roadmap.hypotheses) + len(roadmap.experiments)
+
+
 def sensitivity_steps(roadmap: Roadmap) -> int:
     """Progress steps `sensitivity` reports: one per input, then one per EVPI."""
-    n_p = sum(2 if isinstance(e.p, Conditional) else 1 for e in roadmap.experiments)
-    return n_p + 2 * len(roadmap.hypotheses) + 2 * len(roadmap.experiments)
+    return sensitivity_inputs(roadmap) + len(roadmap.experiments) + len(roadmap.hypotheses)

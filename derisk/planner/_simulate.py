@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from derisk.planner._problem import FAILED, SUCCESS
 from derisk.planner._solve import Solution
+from derisk.planner._states import config_posterior
 
 
 @dataclass(frozen=True)
@@ -37,19 +37,6 @@ class SimulationResult:
             if len(self.value) > 1
             else float("nan")
         )
-
-
-def _start_belief(pr) -> np.ndarray:
-    """(C,) belief over hypothesis configurations at the planning start: the prior,
-    conditioned (Bayes' rule) on the outcomes recorded in `start_status`."""
-    belief = pr.prior.astype(np.float64).copy()
-    for i, status in enumerate(pr.start_status):
-        if status == SUCCESS:
-            belief *= pr.p_table[i]
-        elif status == FAILED:
-            belief *= 1.0 - pr.p_table[i]
-    total = belief.sum()
-    return belief / total if total > 0 else pr.prior  # impossible record: keep the prior
 
 
 CHUNK = 1 << 16  # episodes simulated at once: bounds the (episodes, n) temporaries
@@ -81,7 +68,7 @@ def simulate(
     for i, (c, q) in enumerate(zip(pr.cost_units, pr.cost_probs, strict=True)):
         cu[i, : len(c)], cq[i, : len(c)] = c, q
     ccum = np.cumsum(cq, axis=1)
-    belief = _start_belief(pr)
+    belief = config_posterior(pr, pr.start_status[None, :])[0]  # recorded outcomes
     start = pr.start_budget if level is None else level
     reward = np.empty(episodes)
     spent = np.empty(episodes)

@@ -113,14 +113,12 @@ def canonicalize(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
     return status
 
 
-def beliefs(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
-    """(F, n) posterior success probability of each node given the observed outcomes.
+def config_posterior(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
+    """(F, C) posterior over the C hypothesis configurations given each row's outcomes.
 
-    Bayes' rule over the C hypothesis configurations; SUCCESS and FAILED are evidence,
-    UNTRIED and DEAD are not. Without hypotheses this is just p.
+    Bayes' rule: SUCCESS and FAILED are evidence, UNTRIED and DEAD are not. A history of
+    probability zero is never reached; the prior stands in for it.
     """
-    if not problem.hypotheses:
-        return np.broadcast_to(problem.p_table[:, 0], status.shape).copy()
     w = np.broadcast_to(problem.prior, (status.shape[0], len(problem.prior))).copy()
     for i in np.flatnonzero(problem.hyp_of >= 0):
         s = status[:, i]
@@ -131,9 +129,15 @@ def beliefs(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
         )
         w *= lik
     total = w.sum(axis=1, keepdims=True)
-    # A history of probability zero is never reached; any belief will do there.
-    w = np.where(total > 0, w / np.where(total > 0, total, 1), problem.prior[None, :])
-    return w @ problem.p_table.T
+    return np.where(total > 0, w / np.where(total > 0, total, 1), problem.prior[None, :])
+
+
+def beliefs(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
+    """(F, n) posterior success probability of each node given the observed outcomes.
+    Without hypotheses this is just p."""
+    if not problem.hypotheses:
+        return np.broadcast_to(problem.p_table[:, 0], status.shape).copy()
+    return config_posterior(problem, status) @ problem.p_table.T
 
 
 @dataclass(frozen=True, eq=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 from derisk._numbers import fmt as _num
 from derisk.errors import DeriskError
 from derisk.graphs import Conditional, Roadmap
-from derisk.planner import Solution, plan_report, policy_tree, whatif_report
+from derisk.planner import Solution, plan_report, whatif_report
 from derisk.planner._explain import explain
 from derisk.planner._sensitivity import Sensitivity
 from derisk.report._graphs import (
@@ -157,7 +157,9 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
     pr, sp = solution.problem, solution.space
     unit = roadmap.unit_label()
     rep = plan_report(solution, depth=depth)
-    ex = explain(solution, recorded=recorded)
+    ex = explain(
+        solution, recorded=recorded, evpi_by_id=None if sens is None else sens.evpi_experiments
+    )
     files, notes, md = [], [], []
     md.append(f"# {roadmap.name}")
     md.append("")
@@ -198,7 +200,7 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
     md.append("## The roadmap")
     md.append("")
     have_dot = dot_available()
-    tree = policy_tree(solution, sp.root, pr.start_budget, depth)
+    tree = rep.tree
     for name, dot, mer, caption in (
         ("roadmap", roadmap_dot(roadmap, recorded), roadmap_mermaid(roadmap), "Prerequisite graph"),
         ("policy", policy_dot(tree, unit=unit), policy_mermaid(tree, unit=unit), "Policy tree"),
@@ -277,16 +279,9 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
             f"{_num(sens.resolution, unit)}."
         )
         md.append("")
-        ev = sorted(sens.evpi_experiments.items(), key=lambda kv: -kv[1])
         md.append(
             "Value of perfect information (knowing the answer before the first decision): "
-            + ", ".join(f"{k} {_num(v)}" for k, v in ev)
-            + (
-                "; hypotheses: "
-                + ", ".join(f"{k} {_num(v)}" for k, v in sens.evpi_hypotheses.items())
-                if sens.evpi_hypotheses
-                else ""
-            )
+            + sens.evpi_text()
             + "."
         )
         md.append("")
