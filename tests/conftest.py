@@ -36,3 +36,30 @@ def no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+def run(*args, **kw):
+    """Invoke the command line in process (paths and numbers as strings)."""
+    from typer.testing import CliRunner
+
+    from derisk.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+def run_json(*args, **kw):
+    """Invoke with --json; the command must succeed; its stdout parsed."""
+    import json
+
+    res = run(*args, "--json", **kw)
+    assert res.exit_code == 0, res.output + str(res.exception)
+    return json.loads(res.stdout)
+
+
+def copy_example(tmp_path, name="moe-at-scale"):
+    """A bundled example copied out, so outcomes can be recorded beside it."""
+    from derisk.graphs import example_path
+
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(example_path(name).read_text())
+    return p

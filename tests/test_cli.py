@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import run, run_json
 from typer.testing import CliRunner
 
 from derisk.cli import app
@@ -10,16 +11,6 @@ from derisk.graphs import example_path, load_roadmap
 from derisk.planner import compile_roadmap, solve
 
 runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def run_json(*args):
-    res = run(*args, "--json")
-    assert res.exit_code == 0, res.output + str(res.exception)
-    return json.loads(res.stdout)
 
 
 def test_plan_default_example_json_matches_library():

@@ -1,33 +1,13 @@
 """explain, sensitivity, graph, report and plan --dot/--mermaid through the command line."""
 
-import json
 import shutil
 import subprocess
 
 import pytest
-from typer.testing import CliRunner
+from conftest import copy_example, run, run_json
 
-from derisk.cli import app
 from derisk.graphs import example_path, load_roadmap
 from derisk.planner import compile_roadmap, solve
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def run_json(*args):
-    res = run(*args, "--json")
-    assert res.exit_code == 0, res.output + str(res.exception)
-    return json.loads(res.stdout)
-
-
-def copy_example(tmp_path, name="moe-at-scale"):
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(example_path(name).read_text())
-    return p
 
 
 def test_sensitivity_json_has_every_input_and_matches_the_plan(tmp_path):

@@ -6,30 +6,11 @@ import time
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from conftest import copy_example, run, run_json
 
-from derisk.cli import app, hoist_global_options
+from derisk.cli import hoist_global_options
 from derisk.cli._output import fmt
 from derisk.graphs import example_path, examples
-
-runner = CliRunner()
-
-
-def run(*args, **kw):
-    return runner.invoke(app, [str(a) for a in args], **kw)
-
-
-def run_json(*args, **kw):
-    res = run(*args, "--json", **kw)
-    assert res.exit_code == 0, res.output + str(res.exception)
-    return json.loads(res.stdout)
-
-
-def copy_example(tmp_path, name="moe-at-scale"):
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(example_path(name).read_text())
-    return p
-
 
 # ---------------------------------------------------------------- global options
 
