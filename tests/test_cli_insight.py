@@ -132,3 +132,14 @@ def test_report_writes_a_readable_folder(tmp_path):
     afile.write_text("x")
     res = run("report", p, "-o", afile)
     assert res.exit_code == 2 and "-o" in res.stderr
+
+
+def test_validate_says_how_far_a_law_estimate_extrapolates():
+    path = example_path("tiny-lm")
+    text = " ".join(run("validate", path).stdout.split())  # however the console wraps
+    inside = text.split("dense-d128-10M:")[1].split("dense-d384-3M:")[0]
+    beyond = text.split("dense-d384-3M:")[1].split("moe8-d128-3M:")[0]
+    assert "extrapolates to 2.2x the largest fitted model" in beyond
+    assert "extrapolates" not in inside
+    est = run_json("validate", path)["estimates"]["dense-d384-3M"]
+    assert est["params_beyond"] == pytest.approx(2.24, abs=0.02)

@@ -666,6 +666,8 @@ def validate(
         f"experiments, budget {fmt(roadmap.budget, unit)}"
         + (f", {len(msgs)} warning(s)" if msgs else "")
     )
+    from derisk.scaling._predict import extrapolation_text
+
     for e in roadmap.experiments:
         est = e.estimate
         if not est:
@@ -678,6 +680,9 @@ def validate(
         line += f"; {fmt(est['flops'])} training FLOPs"
         if "cost" in est["derived"]:
             line += f" (cost {fmt(e.cost.median, unit)})"
+        beyond = extrapolation_text(est.get("params_beyond", 1), est.get("tokens_beyond", 1))
+        if beyond:
+            line += f"; {beyond}"
         out.print(escape(line))
 
 

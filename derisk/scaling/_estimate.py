@@ -26,6 +26,8 @@ class TrainEstimate:
     loss_interval: tuple[float, float] | None  # 80% predictive
     p: float | None  # P(loss < loss_below), None without a `success` block
     flops: float  # training FLOPs
+    params_beyond: float = 1.0  # params / the largest fitted run's (> 1: extrapolating)
+    tokens_beyond: float = 1.0  # tokens / the most fitted tokens
 
 
 def law_params(fit: FitResult, train: dict) -> float:
@@ -85,4 +87,6 @@ def estimate(train: dict, success: dict | None = None) -> TrainEstimate:
         loss_interval=pr.interval,
         p=pr.p_below,
         flops=training_flops(train),
+        params_beyond=pr.params_beyond,
+        tokens_beyond=pr.tokens_beyond,
     )

@@ -193,6 +193,19 @@ class Forecast:
         return out
 
 
+def extrapolation_text(params_beyond: float, tokens_beyond: float) -> str | None:
+    """ "extrapolates to 2.2x the largest fitted model", or None within the fitted range."""
+    beyond = [
+        f"{x:.1f}x the {what}" if x < 1e4 else f"{x:.3g}x the {what}"
+        for x, what in (
+            (params_beyond, "largest fitted model"),
+            (tokens_beyond, "most fitted tokens"),
+        )
+        if x > EXTRAPOLATION_SLACK
+    ]
+    return f"extrapolates to {' and '.join(beyond)}" if beyond else None
+
+
 def predict_points(
     fit: FitResult,
     points: Sequence[PredictPoint],
@@ -218,16 +231,9 @@ def predict_points(
         who = "this point" if pt.run is None else f"run {pt.run}"
         diff = tuple(setting_mismatches(fit, pt.setting)) if pt.setting is not None else ()
         cautions += [f"{who} was trained with {m}: the law may not apply" for m in diff]
-        beyond = [
-            f"{x:.1f}x the {what}" if x < 1e4 else f"{x:.3g}x the {what}"
-            for x, what in (
-                (pr.params_beyond, "largest fitted model"),
-                (pr.tokens_beyond, "most fitted tokens"),
-            )
-            if x > EXTRAPOLATION_SLACK
-        ]
+        beyond = extrapolation_text(pr.params_beyond, pr.tokens_beyond)
         if beyond:
-            cautions.append(f"{who} extrapolates to {' and '.join(beyond)}")
+            cautions.append(f"{who} {beyond}")
         preds.append(pr)
         diffs.append(diff)
     for message in cautions:
