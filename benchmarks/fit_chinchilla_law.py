@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from derisk.scaling import backtest, calibrate, fit_law, run_data, save_law
+from derisk.scaling import fit_calibrated, run_data, save_law
 
 src, dest = sys.argv[1], sys.argv[2]
 rows = sorted(csv.DictReader(Path(src).read_text().splitlines()), key=lambda r: float(r["loss"]))[
@@ -25,8 +25,7 @@ C = np.array([float(r["Training FLOP"]) for r in rows])
 L = np.array([float(r["loss"]) for r in rows])
 data = run_data(N, C / (6 * N), L, source="chinchilla_epoch.csv")
 t0 = time.perf_counter()
-fit = fit_law(data, bootstrap=100, seed=0)
-fit = calibrate(fit, backtest(data, seed=0), data)
+fit, _ = fit_calibrated(data, bootstrap=100, seed=0)  # healthy: no remedy needed
 seconds = time.perf_counter() - t0
 fit.summary.update(
     params_col="params",

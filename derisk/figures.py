@@ -153,10 +153,47 @@ def _short(x: float) -> str:
     return f"{x:,.0f}" if 1 <= abs(x) < 1e9 else f"{x:.3g}"
 
 
+def _backtest_panel(ax, backtest: dict, calibration: dict | None) -> None:
+    """Each backtest row's log error against the decades it was extrapolated, by axis,
+    with the central 80% spread the calibration adds (+-1.28 k d) where there is one."""
+    for i, by in enumerate(("compute", "params")):
+        rows = [r for r in backtest["rows"] if r["by"] == by]
+        if not rows:
+            continue
+        d = np.array([r["decades"] for r in rows])
+        e = np.array([r["log_error"] for r in rows])
+        inside = np.array([r["inside"] for r in rows])
+        ax.scatter(
+            d[inside], e[inside], s=12, color=f"C{i}", marker="o", label=f"by {by}, inside band"
+        )
+        ax.scatter(
+            d[~inside], e[~inside], s=16, color=f"C{i}", marker="x", label=f"by {by}, outside"
+        )
+        term = ((calibration or {}).get("axes") or {}).get(by)
+        if term:
+            z = 1.2816  # the normal's 90% point: a central 80% band
+            x = np.linspace(0, max(float(d.max()), 1e-9), 50)
+            for sign in (1, -1):
+                ax.plot(
+                    x,
+                    sign * z * term["per_decade"] * x,
+                    color=f"C{i}",
+                    lw=1,
+                    ls="--",
+                    label=f"calibrated 80%, {by}" if sign == 1 else None,
+                )
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_xlabel("decades beyond the largest fitted run")
+    ax.set_ylabel("log(observed / predicted)")
+    ax.set_title("backtest: held-out larger runs")
+    ax.legend(fontsize=7)
+
+
 def fit_figure(fit, data, path: str | Path, *, upto: float = 10.0) -> Path:
     """A scaling-law fit: the runs' loss against training compute 6ND (log axes), and for
     a dense law the compute-optimal loss with its 80% predictive band, extended to `upto`
-    times the largest run; for an MoE law, the fit at each run.
+    times the largest run; for an MoE law, the fit at each run. A fit with a backtest gets
+    a second panel: the held-out runs' log errors against decades extrapolated.
 
     Args:
         fit: a `derisk.scaling.FitResult`.
@@ -166,14 +203,19 @@ def fit_figure(fit, data, path: str | Path, *, upto: float = 10.0) -> Path:
     from derisk.scaling import law_inputs, loss_frontier
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if fit.backtest:
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.5))
+        _backtest_panel(bx, fit.backtest, fit.calibration)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
     flops = 6 * data.params * data.tokens
     sc = ax.scatter(flops, data.loss, c=np.log10(data.params), s=14, cmap="viridis", label="runs")
     fig.colorbar(sc, ax=ax, label="log10 params")
     if fit.law == "chinchilla":
         f = loss_frontier(fit, float(flops.min()), float(flops.max()) * upto)
         ax.plot(f.flops, f.loss, color="C3", label="compute-optimal fit")
-        ax.fill_between(f.flops, f.lo, f.hi, color="C3", alpha=0.2, label="80% predictive band")
+        band = "80% predictive band" + (" (calibrated)" if fit.calibration else "")
+        ax.fill_between(f.flops, f.lo, f.hi, color="C3", alpha=0.2, label=band)
         ax.axvline(flops.max(), color="grey", ls=":", lw=0.8, label="largest run")
     else:
         X = law_inputs(fit.law, data.params, data.tokens, data.experts, data.granularity)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from pathlib import Path
@@ -121,6 +120,14 @@ def fit(
         int,
         typer.Option("--backtest-bootstrap", help="Refits per backtest cut, for its band."),
     ] = 20,
+    remedy: Annotated[
+        str,
+        typer.Option(
+            "--remedy",
+            help="With --backtest, for a degenerate fit: auto (try e_floor, prior and "
+            "power, keep the best by backtest error), none, or one of them.",
+        ),
+    ] = "auto",
     as_json: JsonOpt = False,
 ):
     """Fit a scaling law (Hoffmann et al. approach 3) with bootstrap intervals."""
@@ -128,9 +135,9 @@ def fit(
     from derisk.figures import fit_figure
     from derisk.scaling import (
         LAWS,
-        backtest,
-        calibrate,
+        REMEDIES,
         check_law_destination,
+        fit_calibrated,
         fit_diagnostics,
         fit_law,
         load_runs_csv,
@@ -146,6 +153,12 @@ def fit(
     _check_int("--backtest-bootstrap", backtest_bootstrap, 2, MAX_BOOTSTRAP)
     if fix_e is not None:
         _check_number("--fix-E", fix_e, "a positive loss", positive=True)
+    if remedy != "auto" and remedy not in REMEDIES:
+        raise DeriskError(f"--remedy must be auto or one of {', '.join(REMEDIES)}, got {remedy!r}")
+    if remedy not in ("auto", "none") and not run_backtest:
+        raise DeriskError(f"--remedy {remedy} is chosen against a backtest: add --backtest")
+    if remedy not in ("auto", "none") and fix_e is not None:
+        raise DeriskError(f"--remedy {remedy} changes how E is fitted: drop --fix-E or the remedy")
     _check_number("--min-tokens", min_tokens, "a token count >= 0")
     if png is not None and (png.is_dir() or not png.parent.is_dir()):  # now, not after
         why = "is a folder" if png.is_dir() else f"{png.parent} is not a folder"
@@ -181,9 +194,7 @@ def fit(
             # Shown as they happen (a subsampled file, capped starts), not after the fit.
             warnings.simplefilter("always", DeriskWarning)
             warnings.showwarning = lambda message, *args, **kwargs: warn(message)
-            result = fit_law(
-                data,
-                law,
+            common = dict(
                 fix_E=fix_e,
                 starts=starts,
                 bootstrap=bootstrap,
@@ -194,23 +205,11 @@ def fit(
             )
             bt = None
             if run_backtest:
-                try:
-                    bt = backtest(
-                        data,
-                        law,
-                        bootstrap=backtest_bootstrap,
-                        seed=seed,
-                        fix_E=fix_e,
-                        on_phase=on_phase,
-                    )
-                except DataError as exc:
-                    warn(f"no backtest: {exc}")
-    if bt is not None:
-        try:
-            result = calibrate(result, bt, data)
-        except DataError as exc:
-            warn(f"not calibrated: {exc}")
-            result = dataclasses.replace(result, backtest=bt.as_dict())
+                result, bt = fit_calibrated(
+                    data, law, remedy=remedy, backtest_bootstrap=backtest_bootstrap, **common
+                )
+            else:
+                result = fit_law(data, law, **common)
     # what `derisk predict --run` needs to put a stored run on this law's axes
     result.summary.update(params_col=params_col, min_tokens=min_tokens)
     if loss_unit:
@@ -248,6 +247,7 @@ def fit(
                 **extra,
                 **({} if bt is None else {"backtest": _backtest_json(bt)}),
                 **({} if result.calibration is None else {"calibration": result.calibration}),
+                **({} if result.remedy is None else {"remedy": result.remedy}),
             }
         )
         return
@@ -281,8 +281,15 @@ def fit(
     )
     if result.status:
         out.print(f"[bold yellow]{escape(result.message)}[/]")
+        if bt is None:
+            out.print(
+                "add --backtest to try the remedies (E bounded below, priors on the "
+                "exponents, pure power laws) and keep the one that extrapolates best"
+            )
     else:
         out.print(f"fit status: {escape(result.message)}")
+    if result.remedy:
+        _print_remedies(result.remedy)
     if bt is not None:
         _print_backtest(bt)
         _backtest_chart(bt, result.calibration)
@@ -296,6 +303,31 @@ def fit(
     _fit_chart(result, data)
     if png is not None:
         out.print(f"figure saved to {escape(str(png))}")
+
+
+def _print_remedies(remedy: dict) -> None:
+    t = Table(
+        title="remedies, scored by backtest (mean |log error| of the held-out larger runs)",
+        title_justify="left",
+    )
+    for col in ("remedy", "mean |log error|", "inside 80%", "alpha", "beta", "E", "status"):
+        t.add_column(col, justify="right")
+    for name, c in remedy["candidates"].items():
+        mark = " (chosen)" if name == remedy["chosen"] else ""
+        if "error" in c:
+            t.add_row(name + mark, "-", "-", "-", "-", "-", escape(c["error"]))
+            continue
+        p = c["params"]
+        t.add_row(
+            name + mark,
+            f"{c['backtest_mean_abs_log_error']:.4f}",
+            f"{100 * c['backtest_coverage']:.0f}%",
+            fmt(p["alpha"]),
+            fmt(p["beta"]),
+            fmt(p["E"]),
+            ", ".join(c["flags"]) or "ok",
+        )
+    out.print(t)
 
 
 def _backtest_json(bt) -> dict:

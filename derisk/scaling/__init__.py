@@ -6,6 +6,7 @@ from derisk.scaling._backtest import (
     backtest,
     backtest_table,
     calibrate,
+    cut_quantile,
     extrapolation_scale,
 )
 from derisk.scaling._data import RunData, load_runs_csv, run_data
@@ -50,6 +51,7 @@ from derisk.scaling._predict import (
     setting_mismatches,
     uses_active_params,
 )
+from derisk.scaling._remedy import REMEDIES, fit_calibrated, remedy_options
 
 __all__ = [
     "FIT_DEGENERATE",
@@ -60,6 +62,7 @@ __all__ = [
     "MAX_ROWS",
     "SHIPPED_LAWS",
     "Allocation",
+    "REMEDIES",
     "Backtest",
     "BacktestRow",
     "FitResult",
@@ -75,6 +78,7 @@ __all__ = [
     "backtest",
     "backtest_table",
     "calibrate",
+    "cut_quantile",
     "check_law_destination",
     "diagnose",
     "effective_params",
@@ -82,6 +86,7 @@ __all__ = [
     "extrapolation_scale",
     "fit_diagnostics",
     "fit_from_json",
+    "fit_calibrated",
     "fit_law",
     "fit_to_json",
     "flops_per_token",
@@ -96,6 +101,7 @@ __all__ = [
     "optimal_allocation",
     "predict_loss",
     "predict_points",
+    "remedy_options",
     "read_law_json",
     "run_data",
     "save_law",

@@ -80,6 +80,7 @@ class FitResult:
     flags: tuple[str, ...] = ()  # what makes a fit degenerate: "E_at_zero", "alpha_range", ...
     backtest: dict | None = None  # Backtest.as_dict() of the same data and law
     calibration: dict | None = None  # the extrapolation-error term fitted from the backtest
+    remedy: dict | None = None  # for a degenerate fit: the remedies tried and the one chosen
 
     def intervals(self, level: float = 0.8) -> dict[str, tuple[float, float]]:
         """Central bootstrap intervals of the readable parameters."""
@@ -287,6 +288,7 @@ class _Problem:
 
     def __init__(self, law: LawForm, X: np.ndarray, y: np.ndarray, delta: float):
         self.law, self.X, self.y, self.delta = law, X, y, delta
+        self.prior = None  # (indices, means, sds, weight): a Gaussian penalty on exponents
         jac = law.term_jacobian(X)  # (n, J, P)
         self.n_terms = jac.shape[1]
         # Terms first, (J n, P): reductions over the J terms then run along rows of
@@ -307,7 +309,14 @@ class _Problem:
         if weights is not None:
             loss, dl = loss * weights, dl * weights
         dt = (e * (dl / s)).reshape(-1)  # (J n,) d objective / d t
-        return float(loss.sum()), dt @ self.jac_terms_first
+        value, grad = float(loss.sum()), dt @ self.jac_terms_first
+        if self.prior is not None:
+            idx, mu, sd, w = self.prior
+            z = (theta[idx] - mu) / sd
+            value += w * 0.5 * float(z @ z)
+            grad = grad.copy()
+            grad[idx] += w * z / sd
+        return value, grad
 
     def screen(self, grid: np.ndarray, rows: int | None = None, seed: int = 0) -> np.ndarray:
         """Huber objective (no gradient) at every grid point (K, P) -> (K,), in chunks of
@@ -370,6 +379,8 @@ def fit_law(
     bootstrap: int = 0,
     seed: int = 0,
     fix_E: float | None = None,
+    E_min: float | None = None,
+    exponent_prior: tuple[float, float] | None = None,
     max_rows: int | None = MAX_ROWS,
     progress=None,
     on_phase=None,
@@ -382,7 +393,12 @@ def fit_law(
     and refitted (from the optimum and two of the 8 best grid points) to give parameter
     uncertainty. `fix_E` holds the irreducible loss at a given value (e.g. the dense fit's,
     for an MoE law on the same data: E belongs to the text, not to the architecture),
-    which small sweeps often cannot identify on their own.
+    which small sweeps often cannot identify on their own. `E_min` bounds it below instead
+    (E cannot run to 0). `exponent_prior` = (mean, sd) puts a weakly informative Gaussian
+    prior on the exponents alpha and beta: a penalty in the Huber objective's units, the
+    prior's negative log density times delta x the mean absolute log residual of the
+    unpenalised fit (the Huber loss is delta x |r| for |r| >> delta, a Laplace negative log
+    likelihood of scale b times delta x b).
 
     Time grows with the number of runs (every L-BFGS step reads them all): past
     `max_rows` runs (None: no limit) the fit uses a random `max_rows` of them, chosen by
@@ -402,10 +418,15 @@ def fit_law(
         raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
     if not (isinstance(delta, int | float) and math.isfinite(delta) and delta > 0):
         raise ValueError(f"delta must be a positive finite number, got {delta!r}")
-    if fix_E is not None and not (
-        isinstance(fix_E, int | float) and math.isfinite(fix_E) and fix_E > 0
-    ):
-        raise ValueError(f"fix_E must be a positive finite loss, got {fix_E!r}")
+    for name, v in (("fix_E", fix_E), ("E_min", E_min)):
+        if v is not None and not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive finite loss, got {v!r}")
+    if fix_E is not None and E_min is not None:
+        raise ValueError("give fix_E or E_min, not both (fix_E holds E; E_min bounds it)")
+    if exponent_prior is not None:
+        mu, sd = exponent_prior
+        if not (math.isfinite(mu) and math.isfinite(sd) and sd > 0):
+            raise ValueError(f"exponent_prior must be (mean, sd > 0), got {exponent_prior!r}")
     data.require(form)
     full = data
     if max_rows is not None and data.n > max_rows:
@@ -427,6 +448,13 @@ def fit_law(
         grid = np.unique(np.where(np.arange(grid.shape[1]) == E_INDEX, np.log(fix_E), grid), axis=0)
         bounds = [(None, None)] * grid.shape[1]
         bounds[E_INDEX] = (np.log(fix_E), np.log(fix_E))
+    if E_min is not None:
+        grid = np.unique(
+            np.where(np.arange(grid.shape[1]) == E_INDEX, np.maximum(grid, np.log(E_min)), grid),
+            axis=0,
+        )
+        bounds = [(None, None)] * grid.shape[1]
+        bounds[E_INDEX] = (np.log(E_min), None)
     if starts > len(grid):
         warnings.warn(
             f"{starts:,} starts asked for, but the {law} grid has {len(grid):,} points: "
@@ -443,9 +471,20 @@ def fit_law(
     order = np.argsort(scores)
     _phase(on_phase, f"L-BFGS from the best {starts:,} of them")
     results = [_minimize(problem, s, None, bounds) for s in grid[order[:starts]]]
+    ran = len(results)
     losses = np.array([r.fun for r in results])
     if not np.isfinite(losses).any():
         raise DataError(f"{data.source}: the {law} fit diverged from every start")
+    if exponent_prior is not None:
+        # The prior's weight needs the residual scale: take it from the unpenalised
+        # optimum, then rerun L-BFGS with the prior from the 8 best optima.
+        best0 = results[int(np.nanargmin(losses))].x
+        b = float(np.mean(np.abs(form.log_predict(best0, X) - y)))
+        idx = np.array([form.params.index("alpha"), form.params.index("beta")])
+        problem.prior = (idx, float(exponent_prior[0]), float(exponent_prior[1]), delta * b)
+        top = [results[i].x for i in np.argsort(losses)[:8]]
+        results = [_minimize(problem, s, None, bounds) for s in top]  # starts: these 8
+        losses = np.array([r.fun for r in results])
     k = int(np.nanargmin(losses))
     best = results[k]
     at_opt = int(np.sum(losses <= losses[k] * (1 + 1e-9) + 1e-15))
@@ -486,7 +525,7 @@ def fit_law(
         theta=theta,
         params={k: float(v) for k, v in form.readable(theta).items()},
         loss=float(best.fun),
-        starts=len(results),
+        starts=ran,
         starts_at_optimum=at_opt,
         screened=len(grid),
         n=data.n,

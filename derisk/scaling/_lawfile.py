@@ -188,7 +188,7 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
     rmse = ck.number(d["rmse_log"], "rmse_log", lo=0.0)
     starts = ck.number(d["starts"], "starts", lo=0, integer=True)
     at_opt = ck.number(d.get("starts_at_optimum", starts), "starts_at_optimum", lo=0, integer=True)
-    for key in ("intervals", "provenance", "backtest", "calibration"):
+    for key in ("intervals", "provenance", "backtest", "calibration", "remedy"):
         if d.get(key) is not None:
             ck.mapping(d[key], key)
     summary = _check_summary(ck, d.get("data", {}))
@@ -229,6 +229,7 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
         flags=flags,
         backtest=d.get("backtest"),
         calibration=d.get("calibration"),
+        remedy=d.get("remedy"),
     )
     _check_predictions(ck, fit)
     return fit

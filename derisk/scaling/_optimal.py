@@ -229,6 +229,7 @@ def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
         "flags": list(fit.flags),
         "backtest": fit.backtest,
         "calibration": fit.calibration,
+        "remedy": fit.remedy,
         "data": fit.summary,
         "provenance": provenance or {},
     }

@@ -1,0 +1,150 @@
+"""Remedies for a degenerate fit, chosen by how well each extrapolates in a backtest.
+
+A fit whose irreducible loss runs to 0 or whose exponents leave the published range
+usually still interpolates well; what it gets wrong is the way out of range, which is
+where a plan uses it. Each remedy is a constraint the data could not supply:
+
+- `e_floor`: E bounded below by half the lowest observed loss (text has an entropy; a
+  law with E = 0 says a large enough model reaches zero loss);
+- `prior`: weakly informative Gaussian priors on alpha and beta, mean 0.35, sd 0.15
+  (the published exponents for language models sit roughly in 0.1-0.7);
+- `power`: the other way round: no irreducible term at all (E held at 0), pure power
+  laws in N and D, for data whose losses are still far from any floor.
+
+Each candidate, the unremedied fit included, is backtested on the same cuts, and the
+one with the lowest mean absolute log error on the held-out larger runs is kept. The
+choice and every candidate's score go into the fit (`FitResult.remedy`) and the saved
+law.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+
+from derisk.errors import DataError, DeriskWarning
+from derisk.scaling._backtest import Backtest, backtest, calibrate
+from derisk.scaling._data import RunData
+from derisk.scaling._fit import FIT_DEGENERATE, FitResult, fit_law
+
+REMEDIES = ("none", "e_floor", "prior", "power")
+PRIOR = (0.35, 0.15)  # mean, sd of alpha and beta
+E_FLOOR_FRACTION = 0.5  # e_floor: E >= this x the lowest observed loss
+POWER_E = 1e-9  # power: E held at this fraction of the lowest loss (0 to the fit)
+
+
+def remedy_options(name: str, data: RunData) -> dict:
+    """The `fit_law` options of one remedy on `data`."""
+    lowest = float(np.min(data.loss))
+    if name == "none":
+        return {}
+    if name == "e_floor":
+        return {"E_min": E_FLOOR_FRACTION * lowest}
+    if name == "prior":
+        return {"exponent_prior": PRIOR}
+    if name == "power":
+        return {"fix_E": POWER_E * lowest}
+    raise ValueError(f"remedy must be one of {', '.join(REMEDIES)}, got {name!r}")
+
+
+def backtest_error(bt: Backtest) -> float:
+    """Mean absolute log error of a backtest's held-out runs (both axes pooled)."""
+    return float(np.mean([abs(r.log_error) for r in bt.rows]))
+
+
+def fit_calibrated(
+    data: RunData,
+    law: str = "chinchilla",
+    *,
+    remedy: str = "auto",
+    bootstrap: int = 100,
+    backtest_bootstrap: int = 20,
+    starts: int = 64,
+    seed: int = 0,
+    fix_E: float | None = None,
+    max_rows: int | None = None,
+    progress=None,
+    on_phase=None,
+) -> tuple[FitResult, Backtest | None]:
+    """Fit `law`, backtest it, and calibrate its extrapolation error; for a degenerate
+    fit, try the remedies first and keep the best by backtest error.
+
+    `remedy` is "auto" (remedies tried only when the plain fit is degenerate and E is not
+    held by `fix_E`), "none", or one remedy name (that one, compared against the plain
+    fit). Returns (fit, its backtest); the backtest is None, with the fit uncalibrated,
+    when no cut could be fitted (a DeriskWarning says why).
+
+    Raises DataError for data that cannot identify the law, ValueError for bad options.
+    """
+    if remedy != "auto" and remedy not in REMEDIES:
+        raise ValueError(f"remedy must be auto or one of {', '.join(REMEDIES)}, got {remedy!r}")
+    if fix_E is not None and remedy not in ("auto", "none"):
+        raise ValueError("a remedy changes how E is fitted: give it or fix_E, not both")
+    common = {"bootstrap": bootstrap, "starts": starts, "seed": seed, "max_rows": max_rows}
+    plain = fit_law(data, law, fix_E=fix_E, progress=progress, on_phase=on_phase, **common)
+    names = ["none"]
+    if remedy == "auto" and plain.status == FIT_DEGENERATE and fix_E is None:
+        names += [r for r in REMEDIES if r != "none"]
+    elif remedy not in ("auto", "none"):
+        names.append(remedy)
+    fits, tests, scores = {"none": plain}, {}, {}
+    for name in names:
+        opts = remedy_options(name, data)
+        if name != "none":
+            if on_phase is not None:
+                on_phase(f"remedy {name}: refitting")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeriskWarning)
+                try:
+                    fits[name] = fit_law(data, law, **opts, **common)
+                except DataError as exc:
+                    scores[name] = {"error": str(exc)}
+                    continue
+        try:
+            tests[name] = backtest(
+                data,
+                law,
+                bootstrap=backtest_bootstrap,
+                seed=seed,
+                fix_E=fix_E if name == "none" else None,
+                options=opts,
+                on_phase=None
+                if on_phase is None
+                else (lambda m, n=name: on_phase(m if n == "none" else f"remedy {n}: {m}")),
+            )
+        except DataError as exc:
+            if name == "none":
+                warnings.warn(f"no backtest: {exc}", DeriskWarning, stacklevel=2)
+                return plain, None
+            scores[name] = {"error": str(exc)}
+            continue
+        f = fits[name]
+        scores[name] = {
+            "backtest_mean_abs_log_error": backtest_error(tests[name]),
+            "backtest_coverage": float(np.mean([r.inside for r in tests[name].rows])),
+            "status": f.status,
+            "flags": list(f.flags),
+            "params": dict(f.params),
+        }
+    usable = [n for n in names if n in tests]
+    chosen = min(usable, key=lambda n: (scores[n]["backtest_mean_abs_log_error"], n != "none"))
+    fit, bt = fits[chosen], tests[chosen]
+    try:
+        fit = calibrate(fit, bt, data)
+    except DataError as exc:
+        warnings.warn(f"not calibrated: {exc}", DeriskWarning, stacklevel=2)
+        fit = dataclasses.replace(fit, backtest=bt.as_dict())
+    if len(names) > 1:
+        record = {
+            "chosen": chosen,
+            "options": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in remedy_options(chosen, data).items()
+            },
+            "by": "lowest mean |log error| of the backtest's held-out larger runs",
+            "candidates": scores,
+        }
+        fit = dataclasses.replace(fit, remedy=record)
+    return fit, bt

@@ -1,0 +1,150 @@
+"""Remedies for degenerate fits (E bounded, exponent priors, pure power laws), chosen by
+backtest error, and the calibration's quantile over backtest cuts."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from derisk.cli import app
+from derisk.scaling import (
+    FIT_DEGENERATE,
+    backtest,
+    calibrate,
+    extrapolation_scale,
+    fit_calibrated,
+    fit_law,
+    load_law,
+    remedy_options,
+    run_data,
+    save_law,
+)
+
+
+def kaplan_data(n=60, seed=0):
+    """Kaplan et al.'s form (no irreducible loss) over two decades: the chinchilla fit
+    runs E to 0 and alpha below the published range."""
+    rng = np.random.default_rng(seed)
+    N = np.exp(rng.uniform(np.log(1e7), np.log(1e9), n))
+    D = np.exp(rng.uniform(np.log(1e9), np.log(1e11), n))
+    L = ((8.8e13 / N) ** (0.076 / 0.095) + 5.4e13 / D) ** 0.095
+    return run_data(N, D, L * np.exp(rng.normal(0, 0.01, n)))
+
+
+def test_exponent_prior_gradient_matches_finite_differences():
+    from derisk.scaling._fit import LAWS, _inputs, _Problem
+
+    data = kaplan_data(30)
+    X, y = _inputs(LAWS["chinchilla"], data)
+    p = _Problem(LAWS["chinchilla"], X, y, 1e-3)
+    p.prior = (np.array([3, 4]), 0.35, 0.15, 0.02)
+    theta = np.array([2.0, 4.0, 0.3, 0.2, 0.5])
+    _, g = p.value_and_grad(theta, None)
+    h = 1e-6
+    fd = [
+        (p.value_and_grad(theta + h * e, None)[0] - p.value_and_grad(theta - h * e, None)[0])
+        / (2 * h)
+        for e in np.eye(5)
+    ]
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
+    # the prior's share, by hand: w (theta - mu) / sd^2 on alpha and beta only
+    p0 = _Problem(LAWS["chinchilla"], X, y, 1e-3)
+    _, g0 = p0.value_and_grad(theta, None)
+    np.testing.assert_allclose(
+        g - g0, [0, 0, 0, 0.02 * (0.2 - 0.35) / 0.15**2, 0.02 * (0.5 - 0.35) / 0.15**2]
+    )
+
+
+def test_e_min_bounds_e_and_the_prior_pulls_exponents():
+    data = kaplan_data()
+    plain = fit_law(data, starts=16)
+    assert plain.status == FIT_DEGENERATE and "E_at_zero" in plain.flags
+    floor = fit_law(data, starts=16, bootstrap=4, E_min=1.0)
+    assert floor.params["E"] >= 1.0 - 1e-9
+    assert np.all(np.exp(floor.bootstrap[:, 2]) >= 1.0 - 1e-9)
+    pinned = fit_law(data, starts=16, exponent_prior=(0.35, 1e-4))  # a prior that decides
+    assert pinned.params["alpha"] == pytest.approx(0.35, abs=1e-3)
+    assert pinned.params["beta"] == pytest.approx(0.35, abs=1e-3)
+    loose = fit_law(data, starts=16, exponent_prior=(0.35, 1e6))  # one that does not
+    assert loose.params["alpha"] == pytest.approx(plain.params["alpha"], abs=1e-3)
+    weak = fit_law(data, starts=16, exponent_prior=(0.35, 0.15))
+
+    def dist(f):  # the prior's penalty, up to its weight
+        return (f.params["alpha"] - 0.35) ** 2 + (f.params["beta"] - 0.35) ** 2
+
+    # a penalised optimum cannot sit farther from the prior than the unpenalised one (it
+    # would then be worse on both terms), and it gives up some fit to come closer
+    assert dist(pinned) < dist(weak) < dist(plain)
+    assert weak.loss > plain.loss
+    with pytest.raises(ValueError, match="fix_E or E_min"):
+        fit_law(data, fix_E=1.0, E_min=0.5)
+    with pytest.raises(ValueError, match="exponent_prior"):
+        fit_law(data, exponent_prior=(0.35, 0.0))
+
+
+@pytest.fixture(scope="module")
+def remedied():
+    data = kaplan_data()
+    fit, bt = fit_calibrated(data, bootstrap=4, starts=16, backtest_bootstrap=3)
+    return data, fit, bt
+
+
+def test_a_degenerate_fit_tries_every_remedy_and_keeps_the_best(remedied):
+    data, fit, bt = remedied
+    r = fit.remedy
+    assert set(r["candidates"]) == {"none", "e_floor", "prior", "power"}
+    errors = {k: v["backtest_mean_abs_log_error"] for k, v in r["candidates"].items()}
+    assert r["chosen"] == min(errors, key=errors.get)
+    # one candidate's score recomputed independently, from a fresh backtest of its options
+    again = backtest(data, bootstrap=3, seed=0, options=remedy_options("e_floor", data))
+    assert errors["e_floor"] == pytest.approx(np.mean([abs(x.log_error) for x in again.rows]))
+    assert r["candidates"]["e_floor"]["params"]["E"] >= 0.5 * data.loss.min() - 1e-9
+    assert r["candidates"]["power"]["params"]["E"] < 1e-6
+    # the kept fit carries its own backtest and calibration
+    assert fit.calibration is not None and fit.backtest == bt.as_dict()
+    chosen = remedy_options(r["chosen"], data)
+    if "E_min" in chosen:
+        assert fit.params["E"] >= chosen["E_min"] - 1e-9
+
+
+def test_the_remedy_survives_a_save_and_a_healthy_fit_gets_none(remedied, tmp_path):
+    from tests.test_backtest import synthetic
+
+    _, fit, _ = remedied
+    back = load_law(str(save_law(fit, tmp_path / "r.json")))
+    assert back.remedy == json.loads(json.dumps(fit.remedy))
+    healthy, _ = fit_calibrated(synthetic(60, 0.01, 1), bootstrap=4, starts=8, backtest_bootstrap=3)
+    assert healthy.status == 0 and healthy.remedy is None
+
+
+def test_calibration_takes_the_quantile_over_cuts(remedied):
+    data, fit, bt = remedied
+    cal = calibrate(fit, bt, data)
+    for axis, term in cal.calibration["axes"].items():
+        rows = [r for r in bt.rows if r.by == axis]
+        cuts = sorted({r.cut for r in rows})
+        per_cut = [extrapolation_scale([r for r in rows if r.cut == c]) for c in cuts]
+        assert term["per_cut"] == pytest.approx(per_cut)
+        k = np.sort(per_cut)
+        pos = 0.8 * (len(k) - 1)  # linear interpolation between order statistics
+        lo = int(np.floor(pos))
+        want = k[lo] + (pos - lo) * (k[min(lo + 1, len(k) - 1)] - k[lo])
+        assert term["per_decade"] == pytest.approx(want)
+
+
+def test_cli_remedy_flags_are_checked(tmp_path):
+    csv = tmp_path / "runs.csv"
+    d = kaplan_data(20)
+    csv.write_text(
+        "params,tokens,loss\n"
+        + "".join(f"{n},{t},{l}\n" for n, t, l in zip(d.params, d.tokens, d.loss, strict=True))
+    )
+    r = CliRunner().invoke(app, ["fit", str(csv), "--remedy", "bogus"])
+    assert r.exit_code == 2 and "--remedy" in r.output and "e_floor" in r.output
+    r = CliRunner().invoke(app, ["fit", str(csv), "--remedy", "prior"])
+    assert r.exit_code == 2 and "--backtest" in r.output
+    r = CliRunner().invoke(
+        app, ["fit", str(csv), "--remedy", "e_floor", "--backtest", "--fix-E", "1"]
+    )
+    assert r.exit_code == 2 and "--fix-E" in r.output
