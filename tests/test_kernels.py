@@ -1,5 +1,7 @@
 """Kernels in interpret mode on CPU against their references (few shapes: compiles dominate)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +26,7 @@ from derisk.kernels import (
     visit_metadata,
 )
 from derisk.kernels import _gmm as gmm_module
+from derisk.kernels import _mosaic as mosaic_module
 
 T16 = Tiling(bm=16, bn=16, bk=16, num_warps=4, num_stages=1)
 M, K, N, E = 45, 32, 48, 4  # M is not a multiple of the tile; F > D below
@@ -217,3 +220,53 @@ def test_bad_arguments_are_clear():
         gmm(x, w.astype(jnp.bfloat16), jnp.ones((2,), jnp.int32))
     with pytest.raises(ValueError, match="impl"):
         gmm(x, w, jnp.ones((2,), jnp.int32), impl="cuda")
+
+
+# ------------------------------------------------------------------ Mosaic GPU (any jax)
+# The interpret-mode tests of the Mosaic kernels are in test_kernels_mosaic.py (jax >= 0.11);
+# lowering them for a CUDA device works on a CPU with every supported jax, so it runs here.
+
+
+def test_impl_dispatch(monkeypatch):
+    assert gmm_module._resolve("pallas") == "triton"  # a CPU is no Hopper GPU
+    assert gmm_module._resolve("triton") == "triton"
+    assert gmm_module._resolve("mosaic") == "mosaic"
+    if jax.default_backend() != "gpu":
+        assert gmm_module._resolve("auto") == "reference"
+    monkeypatch.setattr(gmm_module, "is_hopper", lambda: True)
+    assert gmm_module._resolve("pallas") == "triton"  # Mosaic unchecked on a GPU: opt-in
+    monkeypatch.setenv("DERISK_PALLAS", "mosaic")
+    want = "mosaic" if gmm_module._mosaic.HAS_MOSAIC_GPU else "triton"
+    assert gmm_module._resolve("pallas") == want
+
+
+S = jax.ShapeDtypeStruct
+BENCH_SHAPES = {  # (M, E, D, F) of benchmarks/moe_kernel.py
+    "S1": (16384, 8, 1024, 4096),
+    "S2": (16384, 64, 2048, 1024),
+    "S3": (8192, 8, 4096, 14336),
+    "decode": (512, 8, 4096, 14336),
+    "fine": (32768, 128, 2048, 512),
+}
+
+
+@pytest.mark.parametrize("shape", list(BENCH_SHAPES))
+def test_mosaic_kernels_lower_for_cuda_with_the_gpu_tilings(shape):
+    """The GPU tilings lower to Mosaic GPU IR (rules, layouts, shared memory) for each
+    projection of the benchmark shapes: gate+up fused, and down."""
+    m, e, d, f = BENCH_SHAPES[shape]
+    for fused, (k, n) in ((True, (d, f)), (False, (f, d))):
+        t = gmm_module.default_mosaic_tiling(m, k, n, e, fused=fused, on_gpu=True)
+        fn = functools.partial(mosaic_module.gmm_mosaic, tiling=t, interpret=False, fused=fused)
+        ws = (S((e, k, n), jnp.bfloat16),) * (2 if fused else 1)
+        text = mosaic_module.lowers_for_cuda(fn, S((m, k), jnp.bfloat16), ws, S((e,), jnp.int32))
+        assert "mosaic_gpu" in text
+
+
+def test_mosaic_lowering_check_catches_an_oversized_tiling():
+    """The check above can fail: 8 stages of 256 x 128 tiles need 1.5 MB of shared memory."""
+    t = Tiling(bm=256, bn=256, bk=128, num_stages=8)
+    fn = functools.partial(mosaic_module.gmm_mosaic, tiling=t, interpret=False, fused=True)
+    ws = (S((8, 1024, 4096), jnp.bfloat16),) * 2
+    with pytest.raises(ValueError, match="shared memory"):
+        mosaic_module.lowers_for_cuda(fn, S((4096, 1024), jnp.bfloat16), ws, S((8,), jnp.int32))

@@ -14,9 +14,18 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from derisk.kernels import combine, moe_ffn, route_top_k, sort_by_expert
+from derisk import _flops
+from derisk._flops import TRAINER_VOCAB, Shape
+from derisk.kernels import (
+    combine,
+    combine_rows,
+    moe_ffn,
+    round_groups,
+    route_top_k,
+    sort_by_expert,
+)
 
-VOCAB = 256
+VOCAB = TRAINER_VOCAB
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +43,9 @@ class ModelConfig:
     granularity: int = 1  # G: experts are G times narrower (and G times more, top_k x G)
     aux_loss: float = 0.01  # load-balancing loss weight
     impl: str = "auto"  # kernel dispatch for the MoE layer
+    # Token rounding: round each expert's row count to a multiple of this many rows (the
+    # kernel's tile) by dropping its lowest-scoring or adding its next-best tokens; 0: off.
+    round_to: int = 0
     compute_dtype: str = "float32"  # "bfloat16": bf16 matmuls, fp32 weights/norms/loss
 
     def __post_init__(self):
@@ -56,63 +68,49 @@ class ModelConfig:
                 errs.append("experts and granularity must be at least 1")
             elif not 1 <= self.top_k <= self.experts:
                 errs.append(f"top_k ({self.top_k}) must be between 1 and experts ({self.experts})")
+        if not (isinstance(self.round_to, int) and self.round_to >= 0):
+            errs.append(f"round_to must be a whole number >= 0, got {self.round_to!r}")
         if errs:
             raise ValueError("; ".join(errs))
 
     @property
     def d_ff(self) -> int:
         """Hidden width of one expert (or of the dense FFN), a multiple of 16."""
-        width = self.ffn_mult * self.d_model / (self.granularity if self.arch == "moe" else 1)
-        return max(16, int(round(width / 16)) * 16)
+        return shape(self).d_ff
 
     @property
     def n_experts(self) -> int:
-        return self.experts * self.granularity if self.arch == "moe" else 1
+        return shape(self).n_experts
 
     @property
     def k_active(self) -> int:
-        return self.top_k * self.granularity if self.arch == "moe" else 1
+        return shape(self).k_active
+
+
+def shape(cfg: ModelConfig) -> Shape:
+    """The model's shape, for the one FLOP and parameter count (`derisk._flops`)."""
+    return Shape(
+        d_model=cfg.d_model,
+        layers=cfg.n_layer,
+        seq_len=cfg.seq_len,
+        vocab=VOCAB,
+        arch=cfg.arch,
+        experts=cfg.experts,
+        top_k=cfg.top_k,
+        granularity=cfg.granularity,
+        ffn_mult=cfg.ffn_mult,
+    )
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:
-    """total, active (per token) and non-embedding parameter counts."""
-    d, L = cfg.d_model, cfg.n_layer
-    attn = 4 * d * d
-    norms = 2 * d
-    ffn_one = 3 * d * cfg.d_ff
-    if cfg.arch == "moe":
-        ffn_total = cfg.n_experts * ffn_one + d * cfg.n_experts  # experts + router
-        ffn_active = cfg.k_active * ffn_one + d * cfg.n_experts
-    else:
-        ffn_total = ffn_active = ffn_one
-    embed = VOCAB * d * 2  # input embedding and untied output head
-    block_total = L * (attn + norms + ffn_total) + d  # + final norm
-    block_active = L * (attn + norms + ffn_active) + d
-    return {
-        "total": embed + block_total,
-        "active": embed + block_active,
-        "non_embedding": block_total,
-        "non_embedding_active": block_active,
-    }
+    """total, active (per token) and non-embedding parameter counts (`derisk._flops`)."""
+    return _flops.param_counts(shape(cfg))
 
 
 def flops_per_token(cfg: ModelConfig) -> float:
-    """Training FLOPs per token: 3 x forward (backward costs twice the forward).
-
-    Forward, per token: 2 x (active non-embedding matmul parameters, router included)
-    for the weight matmuls, 2 x d x VOCAB for the output head, and attention's
-    QK^T and AV: 2 x 2 x n_layer x seq_len x d_model, halved for the causal mask
-    (on average a token attends to (seq_len + 1) / 2 positions).
-    """
-    d, L = cfg.d_model, cfg.n_layer
-    matmul_params = L * (4 * d * d)
-    if cfg.arch == "moe":
-        matmul_params += L * (cfg.k_active * 3 * d * cfg.d_ff + d * cfg.n_experts)
-    else:
-        matmul_params += L * 3 * d * cfg.d_ff
-    head = d * VOCAB
-    attn = 2 * 2 * L * d * (cfg.seq_len + 1) / 2
-    return 3.0 * (2 * matmul_params + 2 * head + attn)
+    """Training FLOPs per token: 3 x forward, attention, router and output head included
+    (`derisk._flops`, which roadmap costs and `optimal --exact` use too)."""
+    return _flops.flops_per_token(shape(cfg))
 
 
 def init_params(cfg: ModelConfig, key) -> dict:
@@ -171,17 +169,43 @@ def _rotary(x):
     return jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).reshape(x.shape)
 
 
+def attention_impl(dtype, head_dim: int) -> str:
+    """cuDNN's fused attention on a GPU for the types and head sizes it takes, else XLA's."""
+    fused_ok = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if jax.default_backend() == "gpu" and fused_ok and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
+
+
+def _causal_attention_reference(q, k, v):
+    """Plain causal softmax attention on (B, T, H, hd), softmax in fp32."""
+    T = q.shape[1]
+    att = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    att = att / math.sqrt(q.shape[-1])  # (B, H, T, T), fp32
+    mask = jnp.tril(jnp.ones((T, T), bool))
+    att = jax.nn.softmax(jnp.where(mask, att, -1e30), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", att, v)
+
+
+def _causal_attention(q, k, v):
+    """jax.nn.dot_product_attention: cuDNN's fused kernel where available (no [T, T]
+    scores in memory), XLA's otherwise; the same maths as the reference above."""
+    impl = attention_impl(q.dtype, q.shape[-1])
+    if impl == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError):  # cuDNN missing or too old
+            pass
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+
+
 def _attention(cfg, b, x):
     B, T, d = x.shape
     H = cfg.n_head
     qkv = x @ b["wqkv"]  # (B, T, 3d)
     q, k, v = (t.reshape(B, T, H, d // H) for t in jnp.split(qkv, 3, axis=-1))
     q, k = _rotary(q), _rotary(k)
-    att = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
-    att = att / math.sqrt(d // H)  # (B, H, T, T), fp32
-    mask = jnp.tril(jnp.ones((T, T), bool))
-    att = jax.nn.softmax(jnp.where(mask, att, -1e30), axis=-1).astype(v.dtype)
-    y = jnp.einsum("bhts,bshd->bthd", att, v).reshape(B, T, d)
+    y = _causal_attention(q, k, v).reshape(B, T, d)
     return y @ b["wo"]
 
 
@@ -192,13 +216,31 @@ def _moe(cfg, b, x):
     logits = jnp.dot(flat, b["router"], preferred_element_type=jnp.float32)  # (N, E)
     weights, index = route_top_k(logits, cfg.k_active)
     order, token, sizes = sort_by_expert(index, cfg.n_experts)
-    y_sorted = moe_ffn(flat[token], b["w_gate"], b["w_up"], b["w_down"], sizes, impl=cfg.impl)
-    y = combine(y_sorted, order, token, weights, B * T)
-    # Switch Transformer (Fedus et al. 2021) eq. 4: E x sum_e f_e P_e.
     probs = jax.nn.softmax(logits, axis=-1)
+    ws = (b["w_gate"], b["w_up"], b["w_down"])
+    if cfg.round_to:  # token rounding: whole tiles per expert
+        rows, row_w, rounded = round_groups(probs, index, cfg.round_to)
+        y_sorted = moe_ffn(flat[rows], *ws, rounded, impl=cfg.impl)
+        y = combine_rows(y_sorted, rows, row_w, B * T)
+    else:
+        y_sorted = moe_ffn(flat[token], *ws, sizes, impl=cfg.impl)
+        y = combine(y_sorted, order, token, weights, B * T)
+    # Switch Transformer (Fedus et al. 2021) eq. 4: E x sum_e f_e P_e (f: before rounding).
     frac = sizes / (B * T * cfg.k_active)
     aux = cfg.n_experts * jnp.sum(jax.lax.stop_gradient(frac) * probs.mean(axis=0))
     return y.reshape(B, T, d), aux
+
+
+def _block(cfg, x, b):
+    """One pre-norm block: (x, its load-balancing loss, 0 for dense)."""
+    x = x + _attention(cfg, b, _rms_norm(x, b["ln1"]))
+    h = _rms_norm(x, b["ln2"])
+    if cfg.arch == "moe":
+        y, aux = _moe(cfg, b, h)
+    else:
+        y = (jax.nn.silu(h @ b["w_gate"]) * (h @ b["w_up"])) @ b["w_down"]
+        aux = jnp.zeros((), jnp.float32)
+    return x + y, aux.astype(jnp.float32)
 
 
 def forward(cfg: ModelConfig, params, tokens):
@@ -207,16 +249,15 @@ def forward(cfg: ModelConfig, params, tokens):
     # Mixed precision: fp32 master weights, cast for the matmuls; norms stay fp32.
     params = jax.tree_util.tree_map(lambda w: w if w.ndim == 1 else w.astype(dt), params)
     x = params["embed"][tokens]  # (B, T, d)
-    aux = jnp.zeros(())
-    for b in params["blocks"]:
-        x = x + _attention(cfg, b, _rms_norm(x, b["ln1"]))
-        h = _rms_norm(x, b["ln2"])
-        if cfg.arch == "moe":
-            y, a = _moe(cfg, b, h)
-            aux = aux + a
-        else:
-            y = (jax.nn.silu(h @ b["w_gate"]) * (h @ b["w_up"])) @ b["w_down"]
-        x = x + y
+    blocks = params["blocks"]
+    if len(blocks) == 1:
+        x, aux = _block(cfg, x, blocks[0])
+    else:
+        # One traced layer, scanned over the stacked weights: the compile time no longer
+        # grows with depth (a 24-layer model compiles like a 1-layer one).
+        stacked = jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *blocks)
+        x, auxes = jax.lax.scan(lambda h, b: _block(cfg, h, b), x, stacked)
+        aux = jnp.sum(auxes)
     logits = jnp.dot(
         _rms_norm(x, params["ln_f"]), params["head"], preferred_element_type=jnp.float32
     )

@@ -97,6 +97,13 @@ class RunResult:
 
 
 def _step_fn(cfg: ModelConfig, opt):
+    """The whole training step (forward, backward, clipping, AdamW) as one jitted program.
+
+    params and opt_state are donated: the step updates them in place on the device instead
+    of allocating a second copy of the weights and Adam moments each step. The caller must
+    not reuse the arrays it passed in.
+    """
+
     def step(params, opt_state, tokens):
         (loss, ce), grads = jax.value_and_grad(lambda p: loss_fn(cfg, p, tokens), has_aux=True)(
             params
@@ -104,7 +111,7 @@ def _step_fn(cfg: ModelConfig, opt):
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, ce
 
-    return jax.jit(step)
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def training_bytes(model: ModelConfig, tc: TrainConfig) -> int:

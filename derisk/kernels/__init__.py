@@ -14,8 +14,10 @@ from derisk.kernels._gmm import (
 from derisk.kernels._metadata import group_offsets, num_visits, visit_metadata
 from derisk.kernels._moe import (
     combine,
+    combine_rows,
     moe_ffn,
     moe_ffn_reference,
+    round_groups,
     route_top_k,
     sort_by_expert,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "TOLERANCE",
     "Tiling",
     "combine",
+    "combine_rows",
     "gmm",
     "gmm_reference",
     "gmm_swiglu",
@@ -33,6 +36,7 @@ __all__ = [
     "moe_ffn",
     "moe_ffn_reference",
     "num_visits",
+    "round_groups",
     "route_top_k",
     "sort_by_expert",
     "tgmm",

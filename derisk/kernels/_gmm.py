@@ -1,4 +1,11 @@
-"""Grouped matmuls for the MoE feed-forward: Pallas (Triton backend) kernels and references.
+"""Grouped matmuls for the MoE feed-forward: Pallas kernels and references.
+
+Two Pallas backends behind one dispatch: the Triton backend here (`impl="triton"`, any
+CUDA GPU, interpret mode on a CPU with every supported jax) and Mosaic GPU in
+`_mosaic.py` (`impl="mosaic"`: Hopper, TMA + wgmma; interpret mode from jax 0.11).
+`impl="pallas"` picks the best available (Triton; Mosaic on a Hopper GPU once opted in
+with DERISK_PALLAS=mosaic, until a GPU run has checked it),
+`impl="auto"` the Pallas path on a GPU and the reference elsewhere.
 
 Three kernels, each beside a plain-JAX reference with the same signature:
 
@@ -19,6 +26,7 @@ straddling tile never read-modify-write each other's rows.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import jax
@@ -27,9 +35,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from derisk.kernels import _mosaic
 from derisk.kernels._metadata import group_offsets, num_visits, visit_metadata
 
-IMPLS = ("auto", "pallas", "reference")
+IMPLS = ("auto", "pallas", "triton", "mosaic", "reference")
 # max |err| / max |ref| allowed against the fp32 reference, by input dtype.
 TOLERANCE = {
     jnp.dtype(jnp.bfloat16): 2e-2,
@@ -40,7 +49,11 @@ TOLERANCE = {
 
 @dataclass(frozen=True, kw_only=True)
 class Tiling:
-    """Block sizes (powers of two, a Triton rule) and launch settings."""
+    """Block sizes (powers of two, a Triton rule) and launch settings.
+
+    For the Mosaic kernels num_stages is the pipeline depth (TMA copies in flight), group_m
+    the width of the planar snake in visits, and num_warps is unused.
+    """
 
     bm: int = 128
     bn: int = 128
@@ -53,6 +66,7 @@ class Tiling:
 
 
 CPU_TILING = Tiling(bm=16, bn=16, bk=16, num_warps=4, num_stages=1)  # interpret mode
+CPU_MOSAIC_TILING = Tiling(bm=16, bn=16, bk=16, num_warps=4, num_stages=2)
 
 
 def default_tiling(m: int, k: int, n: int, num_groups: int, *, fused: bool) -> Tiling:
@@ -68,6 +82,26 @@ def default_tiling(m: int, k: int, n: int, num_groups: int, *, fused: bool) -> T
     bm = 64 if rows_per_group < 512 else 128
     group_m = 8 if rows_per_group >= 128 else 0
     return Tiling(bm=bm, bn=128, bk=64, num_warps=8, num_stages=3, group_m=group_m)
+
+
+def default_mosaic_tiling(
+    m: int, k: int, n: int, num_groups: int, *, fused: bool, on_gpu: bool | None = None
+) -> Tiling:
+    """Trace-time pick for the Mosaic kernels (not yet tuned on a GPU: see BENCHMARKS.md).
+
+    One warpgroup holds the fp32 accumulators in registers: bm x bn / 128 registers a
+    thread each, so the fused kernel's two accumulators take bm x bn = 128 x 64 (or
+    64 x 128), 128 registers in all, like the single 128 x 128 of gmm. Four pipeline
+    stages of bk = 64 fit shared memory (128 KB of the 228). on_gpu: the GPU pick even
+    on a CPU (None: whether the default backend is a GPU).
+    """
+    if not (jax.default_backend() == "gpu" if on_gpu is None else on_gpu):
+        return CPU_MOSAIC_TILING
+    rows_per_group = m / max(num_groups, 1)
+    bm = 64 if rows_per_group < 512 else 128
+    bn = 64 if fused and bm == 128 else 128
+    group_m = 8 if rows_per_group >= 128 else 1
+    return Tiling(bm=bm, bn=bn, bk=64, num_warps=4, num_stages=4, group_m=group_m)
 
 
 def _fit(t: Tiling, k: int, n: int) -> Tiling:
@@ -86,11 +120,38 @@ def _fit(t: Tiling, k: int, n: int) -> Tiling:
     )
 
 
+def is_hopper() -> bool:
+    """Is the default device a Hopper GPU (compute capability 9.x: wgmma and TMA)?"""
+    dev = jax.devices()[0]
+    if dev.platform != "gpu":
+        return False
+    cc = str(getattr(dev, "compute_capability", ""))
+    return cc.startswith("9.") or any(h in dev.device_kind for h in ("H100", "H200", "H800"))
+
+
+def best_pallas() -> str:
+    """The Pallas backend `impl="pallas"` runs: Triton, or Mosaic GPU on a Hopper GPU when
+    `DERISK_PALLAS=mosaic` is set.
+
+    The Mosaic kernels have run only in interpret mode so far (the session that wrote them
+    had no GPU); the Triton ones were measured on an H100. Until a GPU run checks the
+    Mosaic kernels against their reference (`benchmarks/gpu_issue15.sh`), they are opt-in.
+    """
+    if os.environ.get("DERISK_PALLAS") == "mosaic" and _mosaic.HAS_MOSAIC_GPU and is_hopper():
+        return "mosaic"
+    return "triton"
+
+
 def _resolve(impl: str) -> str:
+    """impl -> "triton", "mosaic" or "reference"."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "pallas" if jax.default_backend() == "gpu" else "reference"
+        return best_pallas() if jax.default_backend() == "gpu" else "reference"
+    if impl == "pallas":
+        return best_pallas()
+    if impl == "mosaic" and not _mosaic.HAS_MOSAIC_GPU:  # pragma: no cover
+        raise ValueError(f"impl='mosaic' needs Mosaic GPU, missing from jax {jax.__version__}")
     return impl
 
 
@@ -368,8 +429,20 @@ def gmm(
     [16.0, 16.0, 16.0, 0.0]
     """
     _check(x, (w,), group_sizes, "gmm")
-    if _resolve(impl) == "reference":
+    backend = _resolve(impl)
+    if backend == "reference":
         return gmm_reference(x, w, group_sizes)
+    if backend == "mosaic":
+        t = _fit(
+            tiling or default_mosaic_tiling(*x.shape, w.shape[2], w.shape[0], fused=False),
+            x.shape[1],
+            w.shape[2],
+        )
+        return _mosaic.settle(
+            _mosaic.gmm_mosaic(
+                x, (w,), group_sizes, tiling=t, interpret=_interpret(interpret), fused=False
+            )
+        )
     t = _fit(
         tiling or default_tiling(*x.shape, w.shape[2], w.shape[0], fused=False),
         x.shape[1],
@@ -390,8 +463,25 @@ def gmm_swiglu(
 ):
     """silu(x w_gate[e]) * (x w_up[e]) per group, in one pass (fp32 epilogue)."""
     _check(x, (w_gate, w_up), group_sizes, "gmm_swiglu")
-    if _resolve(impl) == "reference":
+    backend = _resolve(impl)
+    if backend == "reference":
         return gmm_swiglu_reference(x, w_gate, w_up, group_sizes)
+    if backend == "mosaic":
+        t = _fit(
+            tiling or default_mosaic_tiling(*x.shape, w_gate.shape[2], w_gate.shape[0], fused=True),
+            x.shape[1],
+            w_gate.shape[2],
+        )
+        return _mosaic.settle(
+            _mosaic.gmm_mosaic(
+                x,
+                (w_gate, w_up),
+                group_sizes,
+                tiling=t,
+                interpret=_interpret(interpret),
+                fused=True,
+            )
+        )
     t = _fit(
         tiling or default_tiling(*x.shape, w_gate.shape[2], w_gate.shape[0], fused=True),
         x.shape[1],
@@ -411,10 +501,14 @@ def tgmm(
     tiling: Tiling | None = None,
     interpret: bool | None = None,
 ):
-    """Weight gradient of gmm: dw[e] = x[rows of e]^T dy[rows of e], shape [E, K, N]."""
+    """Weight gradient of gmm: dw[e] = x[rows of e]^T dy[rows of e], shape [E, K, N].
+
+    One kernel for both Pallas backends: the Triton one (no Mosaic version yet).
+    """
     if x.ndim != 2 or dy.ndim != 2 or x.shape[0] != dy.shape[0]:
         raise ValueError(f"tgmm: x [M,K] and dy [M,N] must share M, got {x.shape}, {dy.shape}")
-    if _resolve(impl) == "reference":
+    backend = _resolve(impl)
+    if backend == "reference":
         return tgmm_reference(x, dy, group_sizes)
     t = _fit(
         tiling
