@@ -147,9 +147,15 @@ def test_examples_list_and_copy(tmp_path):
 
 
 def test_too_large_is_a_clear_error():
-    res = run("plan", example_path("moe-at-scale"), "--max-states", "3")
+    res = run("plan", example_path("moe-at-scale"), "--max-states", "3", "--solver", "exact")
     assert res.exit_code == 2
     assert "too large" in res.stderr and "--resolution" in res.stderr
+    # the default, auto, says so and falls back to the approximate solver instead
+    res = run("plan", example_path("moe-at-scale"), "--max-states", "3", "--json")
+    assert res.exit_code == 0 and "approx" in res.stderr
+    out = json.loads(res.stdout)
+    lo, hi = out["bounds"]
+    assert out["solver"] == "approx" and lo <= hi
 
 
 def test_no_color_and_plain_output(monkeypatch):

@@ -47,13 +47,30 @@ def _run(*args):
 
 def test_over_the_limit_is_refused_quickly(tmp_path):
     path = _sixteen(tmp_path)
-    for cmd in (["plan"], ["whatif"], ["simulate"], ["explain"], ["sensitivity"]):
+    exact = ["--solver", "exact"]  # plan, whatif and simulate would fall back to approx
+    for cmd in (
+        ["plan", *exact],
+        ["whatif", *exact],
+        ["simulate", *exact],
+        ["explain"],
+        ["sensitivity"],
+    ):
         done, peak, seconds = _run(*cmd, str(path), "--max-memory", "0.4", "--json")
         assert done.returncode == 2, (cmd, done.stderr[-2000:])
         assert "Traceback" not in done.stderr
         assert "--max-memory" in done.stderr
         assert seconds < 5, (cmd, seconds)
         assert peak < 0.4 * 2**30
+
+
+def test_auto_falls_back_to_approx_within_the_limit(tmp_path):
+    path = _sixteen(tmp_path)
+    done, peak, _ = _run("plan", str(path), "--max-memory", "0.4", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["solver"] == "approx" and "approx" in done.stderr
+    assert out["bounds"][0] <= out["value"] <= out["bounds"][1] + 1e-9
+    assert peak < 0.4 * 2**30
 
 
 def test_under_the_limit_plans_within_it(tmp_path):

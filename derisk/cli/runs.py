@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from derisk.cli._output import JsonOpt, command, emit, err, fmt, out, progress, state
+from derisk.cli._output import JsonOpt, command, emit, err, fmt, out, progress, state, warn
 from derisk.errors import DeriskError
 
 
@@ -26,24 +26,11 @@ def open_store(*, create: bool):
 
 def _check_fits(model, tc) -> None:
     """Refuse a run whose estimated memory exceeds this machine's (or the GPU's)."""
-    import os
+    from derisk.estimators._ray import memory_shortfall
 
-    import jax
-
-    from derisk.estimators import training_bytes
-
-    need = training_bytes(model, tc)
-    try:
-        have = jax.devices()[0].memory_stats()["bytes_limit"]
-    except (AttributeError, KeyError, TypeError, RuntimeError):
-        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if need > 0.8 * have:
-        raise DeriskError(
-            f"a {model.arch} model with d_model {model.d_model}, {model.n_layer} layers and "
-            f"batch {tc.batch_size} x {model.seq_len} needs ~{need / 2**30:.1f} GiB to train, "
-            f"more than this device's {have / 2**30:.1f} GiB; use a smaller --d-model, "
-            "--n-layer, --batch-size or --seq-len"
-        )
+    why = memory_shortfall(model, tc)
+    if why is not None:
+        raise DeriskError(f"{why}; use a smaller --d-model, --n-layer, --batch-size or --seq-len")
 
 
 def _stored_result(store, claim) -> dict:
@@ -275,23 +262,76 @@ def sweep(
     retrain: Annotated[
         bool, typer.Option("--retrain", help="Train again points the store already has.")
     ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Train each point as a Ray task (needs the ray extra of derisk): `local` starts "
+            "a Ray cluster on this machine; `auto`, `ray://HEAD:10001` or `HEAD:6379` joins "
+            "one. Each task asks for the spec's num_cpus (default 1) and num_gpus (0).",
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            "--retries",
+            help="With --ray: attempts after a point's first failure (default 2) before it "
+            "is recorded as failed with its reason.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ):
     """Run a grid of trainings; resumable (finished points are skipped).
 
     Points another live process is training (a second sweep of the same spec) are left to
-    it and waited for at the end, so concurrent sweeps share the work.
+    it and waited for at the end, so concurrent sweeps share the work. With --ray the
+    points train in parallel on a Ray cluster and this process records each result as it
+    arrives; a point that still fails after --retries is recorded as failed (exit code 1).
     """
-    from derisk.estimators import check_corpus, load_corpus, load_sweep, run_key, sweep_points
+    from derisk.estimators import load_sweep, sweep_points
 
+    if retries is not None and retries < 0:
+        raise DeriskError(f"--retries must be 0 or more, got {retries}")
+    if ray_address is not None:
+        from derisk.estimators._ray import check_address, import_ray
+
+        check_address(ray_address)
+        import_ray()  # exit 2 naming the install command before any work
     raw = load_sweep(spec)
     points, capped = sweep_points(raw, str(spec))
-    for model, tc in points:
-        _check_fits(model, tc)
-    store = open_store(create=True)
+    if ray_address is not None:
+        _sweep_on_ray(
+            spec, raw, points, capped, ray_address, retries, retrain=retrain, as_json=as_json
+        )
+        return
+    if retries is not None:
+        warn("--retries applies to --ray sweeps only; ignored")
+    if "num_cpus" in raw or "num_gpus" in raw:
+        warn(
+            f"{spec}: num_cpus/num_gpus are what each point asks of a Ray cluster "
+            "(--ray ADDRESS); without --ray the points train here, one at a time"
+        )
+    _sweep_here(raw, points, capped, retrain=retrain, as_json=as_json)
+
+
+def _sweep_corpus(raw, points):
+    from derisk.estimators import check_corpus, load_corpus
+
     data = load_corpus(raw.get("corpus"), max_bytes=raw.get("max_bytes", 20_000_000))
     for model, _ in points:
         check_corpus(data, model)
+    return data
+
+
+def _sweep_here(raw, points, capped, *, retrain, as_json):
+    """The sequential sweep: one point at a time in this process."""
+    from derisk.estimators import run_key
+
+    for model, tc in points:
+        _check_fits(model, tc)
+    store = open_store(create=True)
+    data = _sweep_corpus(raw, points)
     done = ran = 0
     results, skipped, later = [], [], []
 
@@ -347,6 +387,117 @@ def sweep(
         + (f", {capped} beyond max_flops" if capped else "")
         + f"; store {escape(str(store.path))}"
     )
+
+
+def _point_label(i, points) -> str:
+    model, tc = points[i]
+    return f"[{i + 1}/{len(points)}] {model.arch} d{model.d_model} {tc.tokens:,} tok"
+
+
+def _sweep_on_ray(spec, raw, points, capped, address, retries, *, retrain, as_json):
+    """`sweep --ray`: every point a Ray task; this process alone writes the store."""
+    from derisk.estimators._ray import TaskResources, run_sweep_on_ray
+
+    resources = TaskResources(num_cpus=raw.get("num_cpus", 1.0), num_gpus=raw.get("num_gpus", 0.0))
+    store = open_store(create=True)
+    data = _sweep_corpus(raw, points)
+    say = (lambda text: None) if as_json else err.print
+    with progress("{task.completed:,}/{task.total:,} points") as bar:
+        task = bar.add_task("sweep on Ray", total=len(points))
+
+        def on_event(kind, info):
+            if kind == "start":
+                cpus, gpus = info["cluster"].get("CPU", 0), info["cluster"].get("GPU", 0)
+                say(
+                    f"Ray cluster ({escape(info['address'])}): {cpus:g} CPUs, {gpus:g} GPUs; "
+                    f"each point asks for {resources.num_cpus:g} CPU and "
+                    f"{resources.num_gpus:g} GPU"
+                )
+                return
+            if kind == "busy":
+                say(
+                    f"{escape(_point_label(info['index'], points))}: run {info['id']} is being "
+                    f"trained by {escape(info['owner'])}; waiting for it"
+                )
+                return
+            if kind == "retry":
+                say(
+                    f"{escape(_point_label(info['index'], points))}: run {info['id']} attempt "
+                    f"{info['attempt']} failed ({escape(info['error'][:300])}); retrying"
+                )
+                return
+            if kind not in ("skipped", "trained", "failed"):
+                return
+            o = info["outcome"]
+            bar.advance(task)
+            label = escape(_point_label(o.index, points))
+            if kind == "trained":
+                loss = f"{o.val_loss:.4f}" if o.val_loss is not None else "-"
+                say(
+                    f"{label}: run {o.id} {escape(o.status)}, val loss {loss}"
+                    + (f" (on {escape(o.host)})" if o.host else "")
+                )
+            elif kind == "failed":
+                say(f"[red]{label}: run {o.id} failed[/]: {escape(o.error or '')}")
+
+        result = run_sweep_on_ray(
+            store,
+            points,
+            data,
+            address=address,
+            resources=resources,
+            retries=2 if retries is None else retries,
+            retrain=retrain,
+            on_event=on_event,
+            source=str(spec),
+        )
+    done = [o for o in result.outcomes if o.state == "done"]
+    trained = [o for o in result.outcomes if o.state == "trained"]
+    failed = list(result.failed)
+    summary = {
+        "points": len(points),
+        "skipped_finished": len(done),
+        "skipped_ids": [o.id for o in done],
+        "ran": len(trained),
+        "failed": len(failed),
+        "over_compute_cap": capped,
+        "store": str(store.path),
+        "ids": [o.id for o in trained],
+        "results": [
+            {
+                "id": o.id,
+                "key": o.key,
+                "status": o.status,
+                "val_loss": o.val_loss,
+                "attempts": o.attempts,
+                "host": o.host,
+                "saved": o.saved,
+            }
+            for o in trained
+        ],
+        "failures": [
+            {"id": o.id, "key": o.key, "attempts": o.attempts, "error": o.error} for o in failed
+        ],
+        "ray": {
+            "address": result.address,
+            "num_cpus": resources.num_cpus,
+            "num_gpus": resources.num_gpus,
+            "cluster": {k: v for k, v in result.cluster.items() if k in ("CPU", "GPU")},
+        },
+    }
+    if as_json:
+        emit(summary)
+    else:
+        ids = ", ".join(str(o.id) for o in trained)
+        out.print(
+            f"{len(points)} points on Ray: {len(done)} already done, {len(trained)} run"
+            + (f" (ids {ids})" if ids else "")
+            + (f", [red]{len(failed)} failed[/] (`derisk runs` shows why)" if failed else "")
+            + (f", {capped} beyond max_flops" if capped else "")
+            + f"; store {escape(str(store.path))}"
+        )
+    if failed:
+        raise typer.Exit(1)
 
 
 @command

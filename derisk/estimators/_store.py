@@ -776,7 +776,10 @@ def law_point(run: dict, fit) -> PredictPoint:
 
 MODEL_KEYS = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "impl"]
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
+# num_cpus / num_gpus: what each point's task asks of a Ray cluster (`sweep --ray`)
+RESOURCE_KEYS = ["num_cpus", "num_gpus"]
 SWEEP_KEYS = MODEL_KEYS + TRAIN_KEYS + ["max_flops", "corpus", "max_bytes", "lr_by_d_model"]
+SWEEP_KEYS += RESOURCE_KEYS
 MAX_POINTS = 10_000  # a grid larger than this is a typo, not a sweep
 MAX_TOKENS = 10**15  # a run of more tokens would not finish (and overflows SQLite's int64)
 
@@ -807,8 +810,10 @@ _FIELD = {
     "divergence": ("float", "above 1", 1e12),
     "max_flops": ("float", "above 0", math.inf),
     "corpus": ("path", None, None),
+    "num_cpus": ("float", 0.0, 1e6),
+    "num_gpus": ("float", 0.0, 1e4),
 }
-_SCALAR_ONLY = {"max_flops", "corpus", "max_bytes", "lr_by_d_model"}
+_SCALAR_ONLY = {"max_flops", "corpus", "max_bytes", "lr_by_d_model", *RESOURCE_KEYS}
 _NUM_RE = re.compile(r"^[+-]?(\d[\d_]*\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -935,6 +940,10 @@ def check_sweep(spec, source: str = "<sweep>", *, require_tokens: bool = False) 
             getattr(spec, "mark", None),
             "say how long to train each point: add `tokens:` (e.g. `tokens: [1e5, 1e6]`)",
         )
+    gpus = out.get("num_gpus")
+    if isinstance(gpus, float) and gpus > 1 and gpus != int(gpus):
+        # Ray shares a GPU between tasks (fractions below 1) but not parts of several
+        bad(None, f"num_gpus: a number above 1 must be whole, got {gpus:g}", "num_gpus")
     if "lr" in spec and "lr_by_d_model" in spec:
         bad(None, "give lr or lr_by_d_model, not both", "lr")
     if not problems:

@@ -11,6 +11,17 @@ import numpy as np
 from derisk.planner._problem import PlanningProblem
 
 
+def continuation(p: np.ndarray, x_s: np.ndarray, x_f: np.ndarray, *, gain: float) -> np.ndarray:
+    """p (gain + x_s) + (1 - p) x_f, in place on the caller's fresh gathers (m, L)."""
+    cont = x_s
+    if gain:
+        cont += gain
+    cont *= p[:, None]
+    x_f *= (1.0 - p)[:, None]
+    cont += x_f
+    return cont
+
+
 def action_value(
     problem: PlanningProblem,
     i: int,
@@ -36,13 +47,7 @@ def action_value(
         x_s and x_f are overwritten: callers pass fresh gathers (fancy indexing copies).
     """
     m, L = x_s.shape
-    # In place on the caller's fresh gathers: cont = p (gain + x_s) + (1 - p) x_f.
-    cont = x_s
-    if gain:
-        cont += gain
-    cont *= p[:, None]
-    x_f *= (1.0 - p)[:, None]
-    cont += x_f  # (m, L), by the budget left after paying
+    cont = continuation(p, x_s, x_f, gain=gain)  # (m, L), by the budget left after paying
     units, probs = problem.cost_units[i], problem.cost_probs[i]
     lo = int(units[0])
     if len(units) == 1:  # deterministic cost: a shift, no mixture

@@ -183,8 +183,10 @@ def start_value(
                         wq = w[fit] * q
                         left = b[fit] - c
                         pf = p[fit]
-                        np.add.at(flat, space.succ_s[s[fit], i] * L + left, wq * pf)
-                        np.add.at(flat, space.succ_f[s[fit], i] * L + left, wq * (1 - pf))
+                        ss = space.succ_s[s[fit], i].astype(np.int64)  # x L: widen first
+                        sf = space.succ_f[s[fit], i].astype(np.int64)
+                        np.add.at(flat, ss * L + left, wq * pf)
+                        np.add.at(flat, sf * L + left, wq * (1 - pf))
                         won = float(wq @ pf)
                         p_succ[i] += won
                         value += won * problem.reward[i] - price * c * wq.sum()
@@ -192,7 +194,7 @@ def start_value(
                     over = ~fit
                     if over.any():  # cut off: all that is left is spent, counts as failed
                         wq = w[over] * q
-                        d = space.succ_d[s[over], i]
+                        d = space.succ_d[s[over], i].astype(np.int64)
                         np.add.at(flat, d * L, wq)
                         spent = float(wq @ b[over])
                         value -= price * spent

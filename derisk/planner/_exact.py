@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from derisk.planner._backup import action_value
+from derisk.planner._backup import action_value, continuation
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace
 
@@ -20,53 +23,95 @@ def _block_rows(levels: int) -> int:
 TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
 
 
-def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None):
+def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None, *, threads=None):
     """Optimal values (S, L) and policy (S, L) int8 (-1 = stop) for every budget level.
 
     States with fewer untried nodes are solved first; every successor of a state lies
-    in an earlier layer, so one pass is exact (no iteration to convergence).
+    in an earlier layer, so one pass is exact (no iteration to convergence). The blocks
+    of one layer are independent (they read earlier layers, write their own rows), so
+    they run on `threads` threads (default: the CPUs this process may use); numpy
+    releases the GIL inside each block's array operations.
     """
     S, L = space.size, problem.levels + 1
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit
     block = _block_rows(L)
-    for layer in space.layers():
-        for start in range(0, len(layer), block):
-            rows = layer[start : start + block]
-            best = np.zeros((len(rows), L))  # stopping is worth 0
-            act = np.full((len(rows), L), -1, dtype=np.int8)
-            for i in range(problem.n):
-                avail = space.avail[rows, i]
-                sel = np.flatnonzero(avail)
-                if not len(sel):
-                    continue
-                every = len(sel) == len(rows)
-                st = rows if every else rows[sel]
+
+    def backup(rows):  # one block of rows of a layer
+        best = np.zeros((len(rows), L))  # stopping is worth 0
+        act = np.full((len(rows), L), -1, dtype=np.int8)
+        for i in range(problem.n):
+            avail = space.avail[rows, i]
+            sel = np.flatnonzero(avail)
+            if not len(sel):
+                continue
+            every = len(sel) == len(rows)
+            st = rows if every else rows[sel]
+            units = problem.cost_units[i]
+            # Successor tables may be int32 (memory); gathers index with intp, the
+            # type numpy's fancy indexing takes without a per-element cast.
+            cur = best if every else best[sel]
+            a = act if every else act[sel]
+            if len(units) == 1:
+                # Deterministic cost: compare the continuation's columns with the
+                # best's shifted columns as views (no shifted copy); below the cost
+                # the run cannot start and nothing changes.
+                c = int(units[0])
+                if c < L:
+                    q = continuation(
+                        space.p[st, i],
+                        V[space.succ_s[st, i].astype(np.intp), : L - c],
+                        V[space.succ_f[st, i].astype(np.intp), : L - c],
+                        gain=problem.reward[i],
+                    )
+                    if price and c:
+                        q += price * c
+                    tail = cur[:, c:]
+                    better = q > tail + TIE
+                    np.maximum(tail, q, out=tail)
+                    a[:, c:][better] = i
+            else:
                 d = space.succ_d[st, i]
                 q = action_value(
                     problem,
                     i,
                     space.p[st, i],
-                    V[space.succ_s[st, i]],
-                    V[space.succ_f[st, i]],
+                    V[space.succ_s[st, i].astype(np.intp)],
+                    V[space.succ_f[st, i].astype(np.intp)],
                     V[d, 0] if d[0] >= 0 else None,
                     gain=problem.reward[i],
                     spend_weight=price,
                 )
-                # Views when node i is runnable in every row; otherwise gather and scatter.
-                cur = best if every else best[sel]
                 better = q > cur + TIE  # must beat stop and every earlier node by TIE
                 np.maximum(cur, q, out=cur)
-                if every:
-                    act[better] = i
-                else:
-                    best[sel] = cur
-                    a = act[sel]
-                    a[better] = i
-                    act[sel] = a
-            V[rows] = best
-            policy[rows] = act
-        if progress is not None:
-            progress(len(layer))
+                a[better] = i
+            if not every:
+                best[sel] = cur
+                act[sel] = a
+        V[rows] = best
+        policy[rows] = act
+
+    workers = threads or _cpus()
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for layer in space.layers():
+            blocks = [layer[k : k + block] for k in range(0, len(layer), block)]
+            if pool is not None and len(blocks) > 1:
+                list(pool.map(backup, blocks))  # list(): re-raise any worker's error
+            else:
+                for rows in blocks:
+                    backup(rows)
+            if progress is not None:
+                progress(len(layer))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return V, policy
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

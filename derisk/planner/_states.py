@@ -18,16 +18,37 @@ from derisk.errors import ProblemTooLarge
 from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED, PlanningProblem
 
 _POW4 = 4 ** np.arange(32, dtype=np.int64)
+WORD = 31  # nodes per int64 word of a state code (two bits each, sign bit unused)
+MASK_NODES = 62  # past this many nodes the int64 bit masks give way to boolean arrays
 
 
 def encode(status: np.ndarray) -> np.ndarray:
-    """(F, n) int8 statuses -> (F,) int64 codes."""
-    return status.astype(np.int64) @ _POW4[: status.shape[1]]
+    """(F, n) int8 statuses -> (F,) codes: int64 up to 31 nodes; past that, one
+    fixed-size byte string (numpy void) of ceil(n / 31) int64 words, which sorts,
+    compares and binary-searches like a number (in a fixed byte order)."""
+    n = status.shape[1]
+    if n <= WORD:
+        return status.astype(np.int64) @ _POW4[:n]
+    words = np.stack(
+        [
+            status[:, w : w + WORD].astype(np.int64) @ _POW4[: min(WORD, n - w)]
+            for w in range(0, n, WORD)
+        ],
+        axis=1,
+    )  # (F, W)
+    return np.ascontiguousarray(words).view(np.dtype((np.void, 8 * words.shape[1])))[:, 0]
 
 
 def decode(codes: np.ndarray, n: int) -> np.ndarray:
-    """(F,) int64 codes -> (F, n) int8 statuses."""
-    return ((codes[:, None] // _POW4[None, :n]) % 4).astype(np.int8)
+    """(F,) codes -> (F, n) int8 statuses (the inverse of `encode`)."""
+    if n <= WORD:
+        return ((codes[:, None] // _POW4[None, :n]) % 4).astype(np.int8)
+    words = np.ascontiguousarray(codes).view(np.int64).reshape(len(codes), -1)
+    parts = [
+        (words[:, k, None] // _POW4[None, : min(WORD, n - w)]) % 4
+        for k, w in enumerate(range(0, n, WORD))
+    ]
+    return np.concatenate(parts, axis=1).astype(np.int8)
 
 
 def _success_masks(status: np.ndarray) -> np.ndarray:
@@ -41,6 +62,8 @@ def _clause_ok(mask_ok: np.ndarray, clause: int) -> np.ndarray:
 
 def available(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
     """(F, n) bool: untried and every prerequisite clause has a success."""
+    if problem.n > MASK_NODES:
+        return _available_bool(problem, status)
     smask = _success_masks(status)
     out = status == UNTRIED
     for i, clauses in enumerate(problem.clauses):
@@ -49,8 +72,26 @@ def available(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
     return out
 
 
+def _members(clause: int, n: int) -> list[int]:
+    return [i for i in range(n) if clause >> i & 1]
+
+
+def _available_bool(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
+    succ = status == SUCCESS
+    out = status == UNTRIED
+    n = problem.n
+    for i, clauses in enumerate(problem.clauses):
+        for c in clauses:
+            out[:, i] &= succ[:, [k for k in range(n) if c >> k & 1]].any(axis=1)
+    return out
+
+
 def canonicalize(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
     """Collapse statuses that cannot change the value; returns a new (F, n) array."""
+    if problem.n > MASK_NODES:  # the same rules on boolean arrays (bit masks overflow)
+        from derisk.planner._approx import _Model, canonical
+
+        return canonical(_Model.of(problem), status)[0]
     status = status.copy()
     n = problem.n
     F = status.shape[0]
@@ -79,9 +120,8 @@ def canonicalize(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
         for j in reversed(problem.topo):
             for c in problem.clauses[j]:
                 need = useful[:, j] & ~_clause_ok(smask, c)
-                for i in range(n):
-                    if c >> i & 1:
-                        useful[:, i] |= need & alive[:, i]
+                for i in _members(c, n):
+                    useful[:, i] |= need & alive[:, i]
         new_target = target.copy()
         for h in range(len(problem.hypotheses)):
             nodes = np.flatnonzero(hyp == h)
@@ -103,11 +143,11 @@ def canonicalize(problem: PlanningProblem, status: np.ndarray) -> np.ndarray:
         if len(nodes):
             relevant = useful[:, nodes].any(axis=1)
             keep[:, nodes] |= relevant[:, None]
+    is_succ = status == SUCCESS
     for j in range(n):
         for c in problem.clauses[j]:
-            for i in range(n):
-                if c >> i & 1:
-                    keep[:, i] |= useful[:, j] & (status[:, i] == SUCCESS)
+            for i in _members(c, n):
+                keep[:, i] |= useful[:, j] & is_succ[:, i]
     tried = (status == SUCCESS) | (status == FAILED)
     status[tried & ~keep] = DEAD
     return status
@@ -146,8 +186,10 @@ class StateSpace:
 
     codes: (S,) sorted int64 codes. status: (S, n). untried: (S,) count of UNTRIED.
     avail: (S, n) whether node i can run (ignoring budget). p: (S, n) posterior p.
-    succ_s / succ_f / succ_d: (S, n) int64 index of the state after success, failure,
-    and a budget cut-off (-1 where node i is not available).
+    succ_s / succ_f / succ_d: (S, n) index (int32 below 2**31 states, else int64) of the
+    state after success, failure, and a budget cut-off (-1 where node i is not
+    available); succ_d is a read-only broadcast of -1 without stochastic costs, and p a
+    read-only broadcast of the prior without hypotheses.
     root: index of the start state.
     """
 
@@ -191,6 +233,7 @@ BYTES_PER_STATE_LEVEL = 30
 # successor indices (24), and the heuristic scores built per table (8).
 BYTES_PER_STATE_NODE = 42
 OVERHEAD_BYTES = 64 * 2**20  # block temporaries of the backups (a few MB each) and slack
+ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerating
 
 
 def estimate_bytes(states: int, levels: int, n: int) -> int:
@@ -260,29 +303,27 @@ def enumerate_states(
         if total > max_states or need > max_bytes:
             raise too_large(total, need)
         status = decode(codes, n)
-        av = available(problem, status)
-        layer_trans = []
-        for i in range(n):
-            rows = np.flatnonzero(av[:, i])
-            if not len(rows):
-                continue
-            outs = []
-            for outcome in (SUCCESS, FAILED, DEAD):
-                if outcome == DEAD and not stochastic[i]:
-                    outs.append(None)
-                    continue
-                nxt = status[rows].copy()
-                nxt[:, i] = outcome
+        rows, nodes = np.nonzero(available(problem, status))  # every (state, node) pair
+        # One canonicalisation per outcome for the whole layer (in chunks that bound the
+        # (pairs, n) temporaries), not one per node: the Python overhead is per call.
+        outs = []
+        for outcome in (SUCCESS, FAILED, DEAD):
+            sel = np.arange(len(rows)) if outcome != DEAD else np.flatnonzero(stochastic[nodes])
+            c_all = np.empty(len(sel), dtype=codes.dtype)
+            for lo in range(0, len(sel), ENUM_CHUNK):
+                part = sel[lo : lo + ENUM_CHUNK]
+                nxt = status[rows[part]]
+                nxt[np.arange(len(part)), nodes[part]] = outcome
                 nxt = canonicalize(problem, nxt)
                 c = encode(nxt)
-                outs.append(c)
+                c_all[lo : lo + len(part)] = c
                 k = (nxt == UNTRIED).sum(axis=1)
                 for kk in np.unique(k):
                     pending.setdefault(int(kk), []).append(c[k == kk])
-            layer_trans.append((i, rows, outs))
+            outs.append((sel, c_all))
         layers_codes.append(codes)
         layers_status.append(status)
-        trans.append(layer_trans)
+        trans.append((rows, nodes, outs))
         u -= 1
 
     all_codes = np.concatenate(layers_codes)
@@ -293,20 +334,32 @@ def enumerate_states(
     offsets = np.cumsum([0] + [len(c) for c in layers_codes])
     inv = np.empty(S, dtype=np.int64)
     inv[order] = np.arange(S)  # position in concatenation -> sorted index
-    succ = [np.full((S, n), -1, dtype=np.int64) for _ in range(3)]
-    for li, layer_trans in enumerate(trans):
-        for i, rows, outs in layer_trans:
-            src = inv[offsets[li] + rows]
-            for k, c in enumerate(outs):
-                if c is not None:
-                    succ[k][src, i] = np.searchsorted(codes, c)
+    # int32 indices (half the memory of the (S, n) tables, and of every gather's index)
+    # while they fit; users that multiply an index by the level count widen it first.
+    idx = np.int32 if S < 2**31 - 1 else np.int64
+    succ = [np.full((S, n), -1, dtype=idx) for _ in range(2)]
+    # Without stochastic costs there is no cut-off successor, and without hypotheses the
+    # posterior is the prior: read-only broadcasts instead of two (S, n) arrays.
+    if stochastic.any():
+        succ.append(np.full((S, n), -1, dtype=idx))
+    else:
+        succ.append(np.broadcast_to(idx(-1), (S, n)))
+    for li, (rows, nodes, outs) in enumerate(trans):
+        src = inv[offsets[li] + rows]
+        for k, (sel, c) in enumerate(outs):
+            if len(sel):
+                succ[k][src[sel], nodes[sel]] = np.searchsorted(codes, c)
     av = succ[0] >= 0
+    if problem.hypotheses:
+        p = beliefs(problem, status)
+    else:
+        p = np.broadcast_to(problem.p_table[:, 0], (S, n))
     return StateSpace(
         codes=codes,
         status=status,
         untried=(status == UNTRIED).sum(axis=1).astype(np.int64),
         avail=av,
-        p=beliefs(problem, status),
+        p=p,
         succ_s=succ[0],
         succ_f=succ[1],
         succ_d=succ[2],

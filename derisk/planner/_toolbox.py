@@ -78,7 +78,8 @@ def toolbox_matrices(problem: PlanningProblem, space: StateSpace):
             c = int(c)
             ok = np.broadcast_to(b[None, :] >= c, src.shape)
             after = np.maximum(b - c, 0)[None, :]
-            for succ, w in ((space.succ_s[st, i], q * p), (space.succ_f[st, i], q * (1 - p))):
+            ss, sf = (x[st, i].astype(np.int64) for x in (space.succ_s, space.succ_f))
+            for succ, w in ((ss, q * p), (sf, q * (1 - p))):
                 rows.append(src[ok])
                 cols.append((succ[:, None] * L + after)[ok])
                 vals.append(np.broadcast_to(w, src.shape)[ok])
@@ -86,7 +87,8 @@ def toolbox_matrices(problem: PlanningProblem, space: StateSpace):
             cut = started & ~ok  # started, then overran the budget: cut off, all spent
             if cut.any():
                 rows.append(src[cut])
-                cols.append(np.broadcast_to(space.succ_d[st, i][:, None] * L, src.shape)[cut])
+                sd = space.succ_d[st, i].astype(np.int64)[:, None] * L
+                cols.append(np.broadcast_to(sd, src.shape)[cut])
                 vals.append(np.full(int(cut.sum()), q))
                 reward += np.where(cut, q * (-price * b[None, :]), 0.0)
         legal = np.zeros(N, dtype=bool)

@@ -1,0 +1,76 @@
+"""The exact solver's fast paths against plain references: the layer-batched enumeration
+against a state-by-state search, the compact tables (int32 successors, broadcast
+posteriors and cut-off successors), and the deterministic-cost backup against the
+general one."""
+
+import numpy as np
+import pytest
+from conftest import generated_roadmaps
+
+from derisk.graphs import random_roadmap
+from derisk.planner import compile_roadmap, enumerate_states, evaluate_policy, solve
+from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED
+from derisk.planner._states import available, beliefs, canonicalize, encode
+
+
+def _reference_space(pr):
+    """Every reachable canonical state and its successors, one state at a time."""
+    start = canonicalize(pr, pr.start_status[None, :])[0]
+    seen = {encode(start[None, :])[0].item(): start}
+    todo = [start]
+    edges = {}
+    while todo:
+        st = todo.pop()
+        key = encode(st[None, :])[0].item()
+        for i in np.flatnonzero(available(pr, st[None, :])[0]):
+            outs = (SUCCESS, FAILED, DEAD) if len(pr.cost_units[i]) > 1 else (SUCCESS, FAILED)
+            for o in outs:
+                nxt = st.copy()
+                nxt[i] = o
+                nxt = canonicalize(pr, nxt[None, :])[0]
+                k = encode(nxt[None, :])[0].item()
+                edges[key, int(i), o] = k
+                if k not in seen:
+                    seen[k] = nxt
+                    todo.append(nxt)
+    return seen, edges
+
+
+@pytest.mark.parametrize("chunk", range(3))
+def test_batched_enumeration_matches_a_state_by_state_search(chunk):
+    for r in generated_roadmaps(30, max_nodes=9)[chunk::3]:
+        pr = compile_roadmap(r)
+        space = enumerate_states(pr)
+        seen, edges = _reference_space(pr)
+        assert sorted(seen) == [c.item() for c in space.codes]
+        for (key, i, o), k in edges.items():
+            s = int(np.searchsorted(space.codes, key))
+            succ = {SUCCESS: space.succ_s, FAILED: space.succ_f, DEAD: space.succ_d}[o]
+            assert space.codes[succ[s, i]].item() == k
+        # no transition where the reference has none
+        count = sum(1 for (_, _, o) in edges if o == SUCCESS)
+        assert int((space.succ_s >= 0).sum()) == count
+        np.testing.assert_allclose(space.p, beliefs(pr, space.status))
+        assert ((space.status == UNTRIED).sum(axis=1) == space.untried).all()
+
+
+def test_compact_tables():
+    det = compile_roadmap(random_roadmap(8, seed=1, rewards=2, budget_levels=20))
+    assert all(len(c) == 1 for c in det.cost_units) and not det.hypotheses
+    space = enumerate_states(det)
+    assert space.succ_s.dtype == np.int32 and space.succ_f.dtype == np.int32
+    # read-only broadcasts: no cut-off successor, the prior as posterior
+    assert space.succ_d.strides == (0, 0) and (space.succ_d == -1).all()
+    assert space.p.strides[0] == 0
+    with pytest.raises(ValueError):
+        space.p[0, 0] = 0.5
+
+
+def test_deterministic_cost_path_matches_the_general_backup():
+    """The solver compares shifted views for a fixed cost; the policy evaluation (which
+    uses the general mixture backup) must find the solver's policy worth its values."""
+    for r in generated_roadmaps(16, max_nodes=8):
+        pr = compile_roadmap(r)
+        sol = solve(pr)
+        ev = evaluate_policy(pr, sol.space, sol.policy, channels=("value",))
+        np.testing.assert_allclose(ev["value"], sol.values, atol=1e-9)
