@@ -13,7 +13,7 @@ from functools import cache
 
 from scipy import stats
 
-from derisk.graphs import Conditional, Roadmap
+from derisk.graphs import Categorical, Conditional, Roadmap
 
 
 def _cost_dist(cost, res, bins=8):
@@ -39,17 +39,28 @@ def brute_force_value(roadmap: Roadmap, budget_units: int | None = None) -> floa
     B = int(math.floor(roadmap.budget / res + 1e-9)) if budget_units is None else budget_units
     price = roadmap.compute_price * res
     hyps = list(roadmap.hypotheses)
-    configs = list(itertools.product((True, False), repeat=len(hyps)))
+    cats = list(getattr(roadmap, "categories", {}) or {})
+    # a configuration: a truth value per boolean hypothesis, then a value per categorical
+    configs = list(
+        itertools.product(
+            *[(True, False)] * len(hyps), *[tuple(roadmap.categories[c]) for c in cats]
+        )
+    )
 
     def prior(cfg):
-        return math.prod(
+        w = math.prod(
             roadmap.hypotheses[h] if v else 1 - roadmap.hypotheses[h]
-            for h, v in zip(hyps, cfg, strict=True)
+            for h, v in zip(hyps, cfg, strict=False)
         )
+        for c, v in zip(cats, cfg[len(hyps) :], strict=True):
+            w *= roadmap.categories[c][v]
+        return w
 
     def p_under(e, cfg):
         if isinstance(e.p, Conditional):
             return e.p.then if cfg[hyps.index(e.p.hypothesis)] else e.p.otherwise
+        if isinstance(e.p, Categorical):
+            return dict(e.p.table)[cfg[len(hyps) + cats.index(e.p.hypothesis)]]
         return e.p
 
     costs = [_cost_dist(e.cost, res) for e in exps]

@@ -135,11 +135,12 @@ def test_report_writes_a_readable_folder(tmp_path):
 
 
 def test_validate_says_how_far_a_law_estimate_extrapolates():
+    from derisk.scaling import load_law
+
     path = example_path("tiny-lm")
-    text = " ".join(run("validate", path).stdout.split())  # however the console wraps
-    inside = text.split("dense-d128-10M:")[1].split("dense-d384-3M:")[0]
-    beyond = text.split("dense-d384-3M:")[1].split("moe8-d128-3M:")[0]
-    assert "extrapolates to 2.2x the largest fitted model" in beyond
-    assert "extrapolates" not in inside
+    text = run("validate", path).stdout
+    assert "law cpu-dense: 24 runs" in " ".join(text.split())
     est = run_json("validate", path)["estimates"]["dense-d384-3M"]
-    assert est["params_beyond"] == pytest.approx(2.24, abs=0.02)
+    largest = load_law("cpu-dense").summary["params"][1]  # the law's largest fitted run
+    assert est["extrapolation"]["params"] == pytest.approx(3540864 / largest, rel=1e-9)
+    assert est["law"] == "cpu-dense" and est["derived"] == ["p", "cost"]

@@ -157,8 +157,10 @@ def test_properties(n, seed, hyps, stoch, anyg):
 
 
 def test_simulation_agrees_with_exact_values():
+    from derisk.estimators import resolve
+
     for name in examples():
-        sol = solve(compile_roadmap(load_roadmap(example_path(name))))
+        sol = solve(compile_roadmap(resolve(load_roadmap(example_path(name))).roadmap))
         for policy in ("optimal", "steinhardt", "random"):
             sim = simulate(sol, policy, episodes=20_000, seed=3)
             exact = sol.start_value(policy).value

@@ -148,3 +148,22 @@ def test_cli_remedy_flags_are_checked(tmp_path):
         app, ["fit", str(csv), "--remedy", "e_floor", "--backtest", "--fix-E", "1"]
     )
     assert r.exit_code == 2 and "--fix-E" in r.output
+
+
+def test_fit_save_by_name_keeps_the_previous_version(tmp_path, monkeypatch):
+    monkeypatch.setenv("DERISK_LAWS", str(tmp_path / "laws"))
+    csv = tmp_path / "runs.csv"
+    d = kaplan_data(20)
+    csv.write_text(
+        "params,tokens,loss\n"
+        + "".join(f"{n},{t},{l}\n" for n, t, l in zip(d.params, d.tokens, d.loss, strict=True))
+    )
+    args = ["fit", str(csv), "--starts", "4", "--save", "mine", "--json"]
+    first = json.loads(CliRunner().invoke(app, [*args, "--seed", "1"]).stdout)
+    second = json.loads(CliRunner().invoke(app, [*args, "--seed", "2"]).stdout)
+    assert first["saved"] == second["saved"] == str(tmp_path / "laws" / "mine.json")
+    kept = json.loads((tmp_path / "laws" / "mine@1.json").read_text())
+    now = json.loads((tmp_path / "laws" / "mine.json").read_text())
+    assert kept["provenance"]["seed"] == 1 and now["provenance"]["seed"] == 2
+    assert now["provenance"]["previous"]["version"] == 1
+    assert load_law("mine@1").theta.tolist() == kept["theta"]

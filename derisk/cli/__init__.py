@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from derisk.cli import insight, laws, roadmap, runs
+from derisk.cli import insight, laws, loop, quiz, roadmap, runs
 from derisk.cli._output import emit, report, state
 from derisk.errors import DeriskError, Problem
 
@@ -24,8 +24,25 @@ from derisk.errors import DeriskError, Problem
 GLOBAL_OPTIONS = {"--debug": False, "--store": True}
 
 
+# Options whose value may be left out, and what it then is: `derisk sweep spec.yaml --ray`
+# means a local Ray cluster (click has no options with an optional value).
+OPTIONAL_VALUES = {"--ray": "local"}
+
+
+def _is_value(arg: str) -> bool:
+    """Could `arg` be an option's value (not a flag, not a spec file)?"""
+    return not arg.startswith("-") and not arg.endswith((".yaml", ".yml", ".json"))
+
+
 def hoist_global_options(args: list[str]) -> list[str]:
-    """Move the app's own options in front of the subcommand (not past a `--`)."""
+    """Move the app's own options in front of the subcommand (not past a `--`), and give
+    an option of OPTIONAL_VALUES left without its value that default."""
+    args = list(args)
+    end = args.index("--") if "--" in args else len(args)  # nothing past `--` is an option
+    for i in range(end - 1, -1, -1):
+        valued = i + 1 < end and _is_value(args[i + 1])
+        if args[i] in OPTIONAL_VALUES and not valued:
+            args.insert(i + 1, OPTIONAL_VALUES[args[i]])
     front, rest = [], []
     i = 0
     while i < len(args):
@@ -97,7 +114,7 @@ def _main(
     state["store"] = store
 
 
-for _module in (roadmap, insight, laws, runs):
+for _module in (roadmap, insight, laws, runs, loop, quiz):
     for _name, _fn in _module.COMMANDS:
         app.command(name=_name)(_fn)
 

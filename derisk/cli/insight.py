@@ -14,12 +14,15 @@ from derisk.cli.roadmap import (
     BudgetOpt,
     FileArg,
     FreshOpt,
+    IndependentOpt,
     MaxMemOpt,
     MaxStatesOpt,
     SetOpt,
+    StrictOpt,
     load_and_solve,
     plan_input,
     print_context,
+    print_estimates,
     write_graph,
 )
 from derisk.errors import DeriskError
@@ -35,6 +38,8 @@ def explain(
     set_: SetOpt = None,
     max_states: MaxStatesOpt = 2_000_000,
     max_memory: MaxMemOpt = 8.0,
+    strict_laws: StrictOpt = False,
+    independent_laws: IndependentOpt = False,
     as_json: JsonOpt = False,
 ):
     """Why the recommended experiment: Q-values, what each outcome leads to, beliefs,
@@ -42,7 +47,14 @@ def explain(
     from derisk.planner import explain as explain_plan
 
     inp, sol = load_and_solve(
-        file, set_, fresh, budget=budget, max_states=max_states, max_memory=max_memory
+        file,
+        set_,
+        fresh,
+        budget=budget,
+        max_states=max_states,
+        max_memory=max_memory,
+        strict_laws=strict_laws,
+        independent_laws=independent_laws,
     )
     roadmap = inp.roadmap
     ex = explain_plan(sol, recorded=inp.outcomes)
@@ -52,6 +64,7 @@ def explain(
     unit = roadmap.unit_label()
     out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
     print_context(inp)
+    print_estimates(inp.estimates, unit)
     if ex.posteriors:
         out.print(
             "beliefs now: "
@@ -177,7 +190,9 @@ def sensitivity(
         first = col == "input"
         t.add_column(col, justify="left" if first else "right", no_wrap=first, overflow="fold")
     for p in res.parameters[:top]:
-        what = p.param if p.branch is None else f"p.{p.branch}"
+        what = p.param if p.branch in (None, "shift") else f"p.{p.branch}"
+        if p.branch == "shift":
+            what = "p (law)"  # every world of its law shifted together
         cost = p.param == "cost"
 
         def v(x, _cost=cost):
@@ -204,6 +219,13 @@ def sensitivity(
         "cost keeps its spread (p90 scales with it). Every re-solve used the plan's budget "
         f"step of {fmt(res.resolution, unit)}: reproduce a number with `derisk plan FILE "
         f"--set X=... --resolution {res.resolution:g}`."
+        + (
+            " A `p (law)` input is a law-driven p shared with other nodes through the law's "
+            "worlds: each world's p is shifted by the same amount (`--set` would replace it "
+            "with one number, cutting that link)."
+            if any(p.branch == "shift" for p in res.parameters[:top])
+            else ""
+        )
     )
     out.print(f"Value of knowing before deciding (EVPI): {res.evpi_text(escape)}")
     if png is not None:

@@ -142,6 +142,7 @@ def fit(
         fit_law,
         load_runs_csv,
         save_law,
+        save_version,
     )
 
     if law not in LAWS:
@@ -220,7 +221,10 @@ def fit(
     if save:
         provenance = {"file": str(file), "law": law, "bootstrap": bootstrap, "seed": seed}
         try:
-            saved = str(save_law(result, save, provenance))
+            if save.endswith(".json"):  # a path: written where asked
+                saved = str(save_law(result, save, provenance))
+            else:  # a name: a new version, the one before kept as NAME@K
+                saved = str(save_version(result, save, provenance=provenance).path)
         except DataError as exc:
             raise DeriskError(f"--save {save}: {exc}") from None
     if png is not None:
@@ -528,8 +532,8 @@ def predict(
 ):
     """A run's loss predicted by a fitted law, with its 80% predictive interval."""
     from derisk.cli.runs import open_store
-    from derisk.estimators import law_point
-    from derisk.scaling import SHIPPED_LAWS, PredictPoint, load_law, predict_points
+    from derisk.estimators import SHIPPED_LAWS, law_point
+    from derisk.scaling import PredictPoint, load_law, predict_points
 
     if arch not in SHIPPED_LAWS:
         raise DeriskError(f"--arch must be dense or moe, got {arch!r}")
@@ -550,21 +554,18 @@ def predict(
     if experts is None:
         experts = 4.0 if arch == "moe" and d_model is not None else 1.0
     if d_model is not None:
-        from derisk.estimators import ModelConfig, param_counts
+        from derisk._flops import Shape, param_counts
         from derisk.scaling import uses_active_params
 
         if not float(experts).is_integer():
             raise DeriskError(f"--experts must be a whole number with --d-model, got {experts:g}")
-        try:
-            model = ModelConfig(
-                arch=arch, d_model=d_model, n_layer=n_layer, n_head=1, experts=int(experts), top_k=1
-            )
-            counts = param_counts(model)
-            params = float(
-                counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
-            )
-        except (ValueError, OverflowError) as exc:
-            raise DeriskError(f"bad model: {exc}") from None
+        _check_int("--d-model", d_model, 8)
+        _check_int("--n-layer", n_layer, 1)
+        shape = Shape(arch=arch, d_model=d_model, layers=n_layer, experts=int(experts), top_k=1)
+        counts = param_counts(shape)
+        params = float(
+            counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
+        )
     if (params is None) != (tokens is None):
         raise DeriskError("give both --params and --tokens (or --run ID)")
     if params is None and not run_ids:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +42,15 @@ from derisk.graphs import (
 FileArg = Annotated[
     Path | None, typer.Argument(help="Roadmap YAML/JSON (default: bundled example).")
 ]
-SolverOpt = Annotated[str, typer.Option("--solver", help="exact | jax | mdptoolbox")]
+SolverOpt = Annotated[
+    str,
+    typer.Option(
+        "--solver",
+        help="auto (exact when the state and memory limits admit it, else approx) | exact | "
+        "approx (a policy with a certified interval on the optimal value) | jax | mdptoolbox",
+    ),
+]
+PLAN_SOLVERS = ("auto", "exact", "approx", "jax", "mdptoolbox")
 BudgetOpt = Annotated[
     str | None,
     typer.Option(
@@ -76,6 +84,21 @@ SetOpt = Annotated[
 FreshOpt = Annotated[
     bool,
     typer.Option("--fresh", help="Ignore the outcomes recorded with `derisk record`."),
+]
+StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict-laws",
+        help="Refuse a law-driven p extrapolated more than 10x beyond its law's largest run.",
+    ),
+]
+IndependentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--independent-laws",
+        help="Treat nodes estimated from one law as independent (ignores that they share "
+        "the law's uncertainty; for comparison).",
+    ),
 ]
 
 
@@ -118,6 +141,8 @@ class PlanInput:
     spent: float  # compute the recorded outcomes spent, in the roadmap's unit
     ignored: bool  # a state file exists and --fresh left it out
     overrides: tuple  # the graphs library's Roadmap.overrides (dicts), when present
+    estimates: dict = field(default_factory=dict)  # id -> derisk.estimators.Estimate
+    warnings: tuple = ()  # what resolving the estimates found (also sent to stderr)
 
     def as_json(self) -> dict:
         return {
@@ -125,12 +150,32 @@ class PlanInput:
             "recorded": self.outcomes,
             "spent": self.spent,
             "overrides": list(self.overrides),
+            "estimates": {k: e.as_dict() for k, e in self.estimates.items()},
+            "warnings": list(self.warnings),
         }
 
 
-def plan_input(file: Path | None, sets: list[str] | None, fresh: bool) -> PlanInput:
+def resolve_roadmap(roadmap: Roadmap, strict_laws: bool = False, independent: bool = False):
+    """The estimators' resolve stage, its warnings sent on as DeriskWarnings (stderr)."""
+    from derisk.estimators import resolve
+
+    res = resolve(roadmap, strict_laws=strict_laws, independent_laws=independent)
+    for w in res.warnings:
+        warnings.warn(w, DeriskWarning, stacklevel=2)
+    return res
+
+
+def plan_input(
+    file: Path | None,
+    sets: list[str] | None,
+    fresh: bool,
+    strict_laws: bool = False,
+    independent_laws: bool = False,
+) -> PlanInput:
     path = Path(file) if file is not None else example_path()
-    roadmap = load_with_overrides(path, sets) if sets else load_roadmap(path)
+    loaded = load_with_overrides(path, sets) if sets else load_roadmap(path)
+    res = resolve_roadmap(loaded, strict_laws, independent_laws)
+    roadmap = res.roadmap
     outcomes, spent, ignored = {}, 0.0, False
     if file is not None and fresh:  # ignored whole, even when it is unreadable
         ignored = state_path(path).exists()
@@ -145,7 +190,63 @@ def plan_input(file: Path | None, sets: list[str] | None, fresh: bool) -> PlanIn
         spent=spent,
         ignored=ignored,
         overrides=tuple(getattr(roadmap, "overrides", ()) or ()),
+        estimates=res.estimates,
+        warnings=res.warnings,
     )
+
+
+def estimates_table(estimates: dict, unit: str) -> Table | None:
+    """Where each estimated node's p and cost come from: law (loss unit, runs), FLOPs,
+    hardware and MFU, cost, predicted loss and band, p, and how far the law extrapolates
+    (x its largest fitted run's params and tokens)."""
+    if not estimates:
+        return None
+    t = Table(title="Estimated from laws and FLOPs", title_justify="left")
+    for col in ("experiment", "law", "FLOPs", "hardware", "cost", "loss (80%)", "p", "beyond"):
+        t.add_column(
+            col,
+            justify="left" if col in ("experiment", "law", "hardware") else "right",
+            overflow="fold",  # a narrow terminal wraps numbers instead of cutting them
+        )
+    for eid, e in estimates.items():
+        law = e.law or "-"
+        hw = "-"
+        if e.hardware:
+            lo, hi = e.mfu
+            hw = f"{e.hardware}, MFU {lo:g}" + (f"-{hi:g}" if hi > lo else "")
+        cost = fmt(e.cost[0], unit) + (f" (p90 {fmt(e.cost[1])})" if e.cost[1] else "")
+        if "cost" not in e.derived:
+            cost = f"given; est. {cost}"
+        loss = "-"
+        if e.loss is not None:
+            loss = f"{e.loss:.3f}"
+            if e.loss_interval:
+                loss += f" ({e.loss_interval[0]:.3f}-{e.loss_interval[1]:.3f})"
+        p = "-" if e.p is None else fmt(e.p, p=True) + ("" if "p" in e.derived else " (not used)")
+        beyond = "-"
+        if e.extrapolation:
+            x = e.extrapolation
+            beyond = f"{x['params']:.2g}x N, {x['tokens']:.2g}x D"
+        t.add_row(escape(eid), escape(law), fmt(e.flops), escape(hw), cost, loss, p, beyond)
+    return t
+
+
+def print_estimates(estimates: dict, unit: str) -> None:
+    """The estimates table, then one line per law: its runs, their range, its loss unit."""
+    table = estimates_table(estimates, unit)
+    if table is None:
+        return
+    out.print(table)
+    laws = {e.law: e for e in estimates.values() if e.law}
+    for name, e in laws.items():
+        d = e.law_data or {}
+        parts = [f"{d['runs']} runs" if d.get("runs") else None]
+        for key in ("params", "tokens"):
+            r = d.get(key)
+            if r:
+                parts.append(f"{key} {fmt(r[0])}-{fmt(r[-1])}")
+        parts.append(f"loss in {e.loss_unit}" if e.loss_unit else "loss unit not recorded")
+        out.print(f"  law {escape(name)}: " + escape(", ".join(x for x in parts if x)))
 
 
 def _value_text(v) -> str:
@@ -155,6 +256,8 @@ def _value_text(v) -> str:
         return fmt(v)
     if isinstance(v, dict) and {"median", "p90"} <= set(v):  # a lognormal cost
         return f"median {_value_text(v['median'])} (p90 {_value_text(v['p90'])})"
+    if isinstance(v, dict) and "law" in v:  # a law-driven p, before an override
+        return f"p from law {v['law']}"
     if isinstance(v, dict) and {"if", "then", "else"} <= set(v):  # a conditional p
         return f"{_value_text(v['then'])} if {v['if']} else {_value_text(v['else'])}"
     return str(v)
@@ -170,7 +273,13 @@ def print_context(inp: PlanInput) -> None:
             d = after - before
             change = f" ({'+' if d > 0 else ''}{fmt(d)})"
         elif isinstance(before, dict) and isinstance(after, int | float):
-            change = " (now fixed)" if "median" in before else " (now plain)"
+            change = (
+                " (now fixed)"
+                if "median" in before
+                else " (replaces the law's p)"
+                if "law" in before
+                else " (now plain)"
+            )
         out.print(
             f"override {escape(str(o.get('target', o.get('set'))))}: "
             f"{escape(_value_text(before))} -> {escape(_value_text(after))}{change}"
@@ -208,18 +317,52 @@ def solve_roadmap(
     problem = compile_roadmap(
         roadmap, budget=budget, resolution=resolution, outcomes=inp.outcomes, spent=inp.spent
     )
-    config = SolveConfig(solver=solver, max_states=max_states, max_memory_gb=max_memory_gb)
+    if solver not in PLAN_SOLVERS:
+        raise DeriskError(f"--solver {solver!r}: expected one of {', '.join(PLAN_SOLVERS)}")
+    if solver == "approx":
+        return solve_approximately(problem)
+    config = SolveConfig(
+        solver="exact" if solver == "auto" else solver,
+        max_states=max_states,
+        max_memory_gb=max_memory_gb,
+    )
     try:
         space = build_space(problem, config)
     except ProblemTooLarge as exc:
+        if solver == "auto":
+            warn(
+                f"{roadmap.source}: too large for the exact solver ({exc}); using the "
+                "approximate solver (--solver approx), which certifies an interval on the "
+                "optimal value"
+            )
+            return solve_approximately(problem)
         raise DeriskError(
-            f"{roadmap.source}: too large to solve exactly: {exc}. Use a coarser budget step "
+            f"{roadmap.source}: too large to solve exactly: {exc}. plan, whatif and "
+            "simulate take --solver approx (a policy with a certified interval); or use a "
+            "coarser budget step "
             f"(--resolution, now {fmt(problem.resolution)}), fewer experiments, or raise "
             "--max-states / --max-memory if the machine has room"
         ) from None
+    solver = config.solver
     with progress() as bar:
         task = bar.add_task(f"solving ({solver})", total=space.size)
         return solve(problem, config=config, space=space, progress=lambda k: bar.advance(task, k))
+
+
+def solve_approximately(problem, config=None):
+    """The approximate solver with a progress bar over its stages."""
+    from derisk.planner import ApproxConfig, solve_approx
+    from derisk.planner._approx import APPROX_STEPS
+
+    with progress("{task.completed}/{task.total} stages") as bar:
+        task = bar.add_task("solving (approx)", total=APPROX_STEPS)
+        return solve_approx(
+            problem, config=config or ApproxConfig(), progress=lambda k: bar.advance(task, k)
+        )
+
+
+def is_approx(sol) -> bool:
+    return getattr(sol, "solver", None) == "approx" and hasattr(sol, "bounds")
 
 
 DOT_TEXT = (".dot", ".gv")
@@ -271,10 +414,13 @@ def load_and_solve(
     solver: str = "exact",
     max_states: int = 2_000_000,
     max_memory: float = 8.0,
+    strict_laws: bool = False,
+    independent_laws: bool = False,
 ):
     """What every planning command starts with: the roadmap with its recorded state and
-    overrides, solved with --budget / --resolution read in the roadmap's unit."""
-    inp = plan_input(file, sets, fresh)
+    overrides, its estimates resolved, solved with --budget / --resolution read in the
+    roadmap's unit."""
+    inp = plan_input(file, sets, fresh, strict_laws, independent_laws)
     sol = solve_roadmap(
         inp,
         budget=amount(budget, inp.roadmap, "--budget"),
@@ -294,7 +440,7 @@ def plan(
     file: FileArg = None,
     budget: BudgetOpt = None,
     resolution: ResOpt = None,
-    solver: SolverOpt = "exact",
+    solver: SolverOpt = "auto",
     depth: Annotated[int, typer.Option("--depth", help="Levels of the policy tree.")] = 3,
     dot: Annotated[
         Path | None,
@@ -310,10 +456,12 @@ def plan(
     set_: SetOpt = None,
     max_states: MaxStatesOpt = 2_000_000,
     max_memory: MaxMemOpt = 8.0,
+    strict_laws: StrictOpt = False,
+    independent_laws: IndependentOpt = False,
     as_json: JsonOpt = False,
 ):
     """Recommend the next experiment and show what the plan is worth."""
-    from derisk.planner import plan_report
+    from derisk.planner import approx_plan_report, plan_report
     from derisk.report import policy_dot, policy_mermaid
 
     if depth < 1:
@@ -328,9 +476,12 @@ def plan(
         solver=solver,
         max_states=max_states,
         max_memory=max_memory,
+        strict_laws=strict_laws,
+        independent_laws=independent_laws,
     )
     roadmap = inp.roadmap
-    rep = plan_report(sol, depth=depth)
+    approx = is_approx(sol)
+    rep = approx_plan_report(sol, depth=depth) if approx else plan_report(sol, depth=depth)
     unit = roadmap.unit_label()
     written = []
     if dot is not None:
@@ -352,7 +503,9 @@ def plan(
                 "heuristics": rep.heuristics,
                 "states": rep.states,
                 "solve_seconds": rep.solve_seconds,
-                "solver": solver,
+                "solver": sol.solver,
+                "bounds": list(sol.bounds) if approx else [rep.value, rep.value],
+                **({"approx": approx_json(sol)} if approx else {}),
                 "budget_left": rep.budget_left,
                 "resolution": sol.problem.resolution,
                 "unit": roadmap.unit,
@@ -362,11 +515,22 @@ def plan(
         return
     out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
     print_context(inp)
-    out.print(
-        f"budget left {fmt(rep.budget_left, unit)} in steps of "
-        f"{fmt(sol.problem.resolution, unit)}; {fmt(rep.states)} states solved "
-        f"by {solver} in {rep.solve_seconds:.2f}s"
-    )
+    table = estimates_table(inp.estimates, unit)
+    if table is not None:
+        out.print(table)
+    if approx:
+        out.print(
+            f"budget left {fmt(rep.budget_left, unit)} in steps of "
+            f"{fmt(sol.problem.resolution, unit)}; solved approximately in "
+            f"{rep.solve_seconds:.1f}s"
+        )
+        print_bounds(sol)
+    else:
+        out.print(
+            f"budget left {fmt(rep.budget_left, unit)} in steps of "
+            f"{fmt(sol.problem.resolution, unit)}; {fmt(rep.states)} states solved "
+            f"by {sol.solver} in {rep.solve_seconds:.2f}s"
+        )
     out.print()
     if rep.next is None:
         out.print("[bold]Next:[/] stop - no experiment is worth its compute from here.")
@@ -382,7 +546,10 @@ def plan(
     for eid, p in rep.p_reward.items():
         out.print(f"  P(reward of {escape(eid)}) = {fmt(p, p=True)}")
     if rep.actions:
-        t = Table(title="Runnable now", title_justify="left")
+        title = "Runnable now" + (
+            f" (Q: rollout estimate, run it then {sol.base})" if approx else ""
+        )
+        t = Table(title=title, title_justify="left")
         for col in ("experiment", "p", "mean cost", "Q", "regret"):
             t.add_column(col, justify="left" if col == "experiment" else "right")
         for a in rep.actions:
@@ -398,12 +565,57 @@ def plan(
     out.print(
         f"Steinhardt's rule (log(1/p)/cost first) would run [bold]"
         f"{escape(h['pick'] or 'nothing')}[/] and, followed throughout, is worth "
-        f"{fmt(h['value'])} (regret {fmt(h['regret'])})."
+        f"{fmt(h['value'])}{' (simulated)' if approx else ''} (regret {fmt(h['regret'])})."
     )
     if rep.tree and rep.tree.get("action"):
         out.print(render_tree(rep.tree, unit))
     for w in written:
         out.print(f"policy tree written to {escape(w)}")
+
+
+def approx_json(sol) -> dict:
+    """The approximate solver's working: how each end of the interval was obtained."""
+    return {
+        "lower": sol.lower,
+        "upper": sol.upper,
+        "gap": sol.gap,
+        "z": sol.z,
+        "policy": "rollout" if sol.policy.use_rollout else "heuristic",
+        "base_heuristic": sol.base,
+        "base_value": sol.base_value,
+        "policy_value": sol.policy_value,
+        "policy_se": sol.policy_se,
+        "policy_value_exact": sol.exact_lower,
+        "episodes": sol.episodes,
+        "relaxation": sol.relaxation,
+        "relaxation_se": sol.relaxation_se,
+        "perfect_information": sol.perfect_information,
+        "scenarios": sol.scenarios,
+        "scenarios_proven_optimal": sol.proven,
+        "timings": sol.timings,
+    }
+
+
+def print_bounds(sol) -> None:
+    """The certified interval, and how each end was obtained."""
+    lo, hi = sol.bounds
+    gap = f"{100 * sol.gap / abs(hi):.1f}% of upper" if hi else fmt(sol.gap)
+    out.print(f"[bold]Optimal value in [{fmt(lo)}, {fmt(hi)}][/] (gap {gap})")
+    who = f"rollout over {sol.base}" if sol.policy.use_rollout else f"the {sol.base} heuristic"
+    if sol.exact_lower:
+        low = f"lower: the returned policy ({who}), value computed exactly"
+    else:
+        low = (
+            f"lower: the returned policy ({who}), value simulated: {fmt(sol.policy_value)} "
+            f"+/- {fmt(sol.policy_se)} s.e. over {fmt(sol.episodes)} episodes, minus "
+            f"{sol.z:g} s.e."
+        )
+    out.print(f"  {low}")
+    out.print(
+        f"  upper: best plan knowing every outcome in advance, with penalties, over "
+        f"{fmt(sol.scenarios)} sampled scenarios: {fmt(sol.relaxation)} +/- "
+        f"{fmt(sol.relaxation_se)} s.e., plus {sol.z:g} s.e."
+    )
 
 
 def _budget_left(node: dict, unit: str) -> str:
@@ -451,11 +663,13 @@ def whatif(
     ] = 12,
     max_states: MaxStatesOpt = 2_000_000,
     max_memory: MaxMemOpt = 8.0,
+    solver: SolverOpt = "auto",
     as_json: JsonOpt = False,
 ):
     """Value and probability of success against budget, from one solve.
 
-    With recorded outcomes the budget axis is the budget left after them.
+    With recorded outcomes the budget axis is the budget left after them. With the
+    approximate solver, one solve per row (at most 8), each with its interval.
     """
     from derisk.figures import goal_of, whatif_figure
     from derisk.planner import whatif_report
@@ -475,7 +689,10 @@ def whatif(
         resolution=amount(resolution, roadmap, "--resolution"),
         max_states=max_states,
         max_memory_gb=max_memory,
+        solver=solver,
     )
+    if is_approx(sol):
+        return _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json)
     w = whatif_report(sol, bottom, top)
     goal = goal_of(w, roadmap)
     if png is not None:
@@ -537,6 +754,83 @@ def whatif(
         out.print(f"figure saved to {escape(str(png))}")
 
 
+def _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json) -> None:
+    """whatif with the approximate solver: a few budget levels, each with its interval."""
+    from derisk.figures import goal_of, whatif_figure
+    from derisk.planner import ApproxConfig, WhatIf, approx_curve
+
+    roadmap, pr = inp.roadmap, sol.problem
+    unit = roadmap.unit_label()
+    lo_level = min(pr.level_of(bottom), pr.levels)
+    levels = np.unique(np.linspace(lo_level, pr.levels, min(rows, 8)).round().astype(int))
+    # lighter than plan's solve: the curve's shape, each point still with its interval
+    config = ApproxConfig(episodes=1000, scenarios=400, penalty_rounds=5)
+    with progress("{task.completed}/{task.total} budgets") as bar:
+        task = bar.add_task("solving (approx)", total=len(levels))
+        sols = approx_curve(pr, levels, config=config, progress=lambda k: bar.advance(task, k))
+    budgets = levels * pr.resolution
+    firsts = []
+    for s_ in sols:
+        a, _, _ = s_.next_action()
+        firsts.append(None if a < 0 else pr.ids[a])
+    value = np.array([s_.policy_value for s_ in sols])
+    w = WhatIf(
+        budgets=budgets,
+        value=value,
+        p_reward={
+            pr.ids[j]: np.array([s_.p_reward[j] for s_ in sols]) for j in sorted(sols[0].p_reward)
+        },
+        expected_compute=np.array([s_.expected_compute * pr.resolution for s_ in sols]),
+        first=firsts,
+        changes=[k for k in range(1, len(firsts)) if firsts[k] != firsts[k - 1]],
+        marginal=np.gradient(value, budgets) if len(budgets) > 1 else np.zeros(1),
+    )
+    goal = goal_of(w, roadmap)
+    if png is not None:
+        png = whatif_figure(w, roadmap, png, budget=left, left=bool(inp.outcomes))
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                **inp.as_json(),
+                "solver": "approx",
+                "unit": roadmap.unit,
+                "budget_left": left,
+                "budgets": w.budgets,
+                "value": w.value,
+                "bounds": [list(s_.bounds) for s_ in sols],
+                "p_reward": w.p_reward,
+                "expected_compute": w.expected_compute,
+                "first_action": w.first,
+                "changes": [float(w.budgets[k]) for k in w.changes],
+                "marginal_value": w.marginal,
+                "png": str(png) if png else None,
+            }
+        )
+        return
+    out.print(
+        f"[bold]{escape(roadmap.name)}[/]: value against "
+        f"{'budget left' if inp.outcomes else 'budget'} ({len(levels)} budgets, one "
+        f"approximate solve each; the optimal value lies in each row's interval)"
+    )
+    print_context(inp)
+    t = Table()
+    axis = "budget left" if inp.outcomes else "budget"
+    for col in (axis, "policy value", "interval", f"P({goal})" if goal else "P", "first"):
+        t.add_column(escape(col), justify="right")
+    for k, s_ in enumerate(sols):
+        t.add_row(
+            fmt(w.budgets[k], unit),
+            fmt(w.value[k]),
+            f"[{fmt(s_.lower)}, {fmt(s_.upper)}]",
+            fmt(w.p_reward[goal][k], p=True) if goal else "-",
+            escape(w.first[k] or "stop"),
+        )
+    out.print(t)
+    if png is not None:
+        out.print(f"figure saved to {escape(str(png))}")
+
+
 def _whatif_chart(w, goal, unit) -> None:
     import plotext as plt
 
@@ -566,9 +860,11 @@ def simulate(
     fresh: FreshOpt = False,
     max_states: MaxStatesOpt = 2_000_000,
     max_memory: MaxMemOpt = 8.0,
+    solver: SolverOpt = "auto",
     as_json: JsonOpt = False,
 ):
-    """Simulate the optimal policy and the heuristics; check against the exact values."""
+    """Simulate the optimal policy and the heuristics; check against the exact values
+    (with the approximate solver: the returned policy against its interval)."""
     from derisk.planner import check_simulation
     from derisk.planner._simulate import BYTES_PER_EPISODE
 
@@ -582,9 +878,17 @@ def simulate(
             "error shrinks as 1/sqrt(n): 1e6 is already 1,000x tighter than one episode)"
         )
     inp, sol = load_and_solve(
-        file, set_, fresh, budget=budget, max_states=max_states, max_memory=max_memory
+        file,
+        set_,
+        fresh,
+        budget=budget,
+        max_states=max_states,
+        max_memory=max_memory,
+        solver=solver,
     )
     roadmap = inp.roadmap
+    if is_approx(sol):
+        return _simulate_approx(inp, sol, n, seed, as_json)
     check = check_simulation(sol, episodes=n, seed=seed)
     rows = [p.as_dict() for p in check.policies]
     if as_json:
@@ -630,21 +934,103 @@ def simulate(
 # ---------------------------------------------------------------- validate / examples / record
 
 
+APPROX_POLICY_EPISODES = 2_000  # the rollout policy costs ~1,000x a heuristic per episode
+
+
+def _simulate_approx(inp, sol, n, seed, as_json) -> None:
+    """simulate with the approximate solver: the returned policy's simulated mean must lie
+    in the certified interval, up to z of its own standard errors."""
+    from derisk.planner import simulate_approx
+
+    roadmap, pr = inp.roadmap, sol.problem
+    k = min(n, APPROX_POLICY_EPISODES) if sol.policy.use_rollout else n
+    if k < n:
+        warn(
+            f"the rollout policy is simulated over {k:,} episodes (not -n {n:,}): each of its "
+            "decisions simulates its candidates; the heuristics get all -n episodes"
+        )
+    with progress("{task.completed}/{task.total}") as bar:
+        task = bar.add_task("simulating", total=1)
+        sims = simulate_approx(sol, episodes=n, policy_episodes=k, seed=seed)
+        bar.advance(task, 1)
+    lo, hi = sol.bounds
+    rows = []
+    for r in sims:
+        p10, p50, p90 = (float(x) for x in np.percentile(r.compute * pr.resolution, [10, 50, 90]))
+        row = {
+            "policy": r.policy,
+            "mean": r.mean,
+            "stderr": r.stderr,
+            "episodes": len(r.value),
+            "compute_p10": p10,
+            "compute_p50": p50,
+            "compute_p90": p90,
+            # every policy's value is at most the optimum, so at most the upper end
+            "below_upper": bool(r.mean - sol.z * r.stderr <= hi),
+        }
+        if r.policy == "policy":
+            row["in_bounds"] = bool(r.mean + sol.z * r.stderr >= lo and row["below_upper"])
+        rows.append(row)
+    agrees = all(r["below_upper"] for r in rows) and rows[0]["in_bounds"]
+    if as_json:
+        emit(
+            {
+                "roadmap": roadmap.name,
+                **inp.as_json(),
+                "solver": "approx",
+                "bounds": [lo, hi],
+                "budget_left": float(pr.start_budget * pr.resolution),
+                "episodes": n,
+                "seed": seed,
+                "agrees": agrees,
+                "policies": rows,
+            }
+        )
+        return
+    unit = roadmap.unit_label()
+    print_context(inp)
+    print_bounds(sol)
+    t = Table(title=f"{escape(roadmap.name)}: simulated (seed {seed})", title_justify="left")
+    for col in ("policy", "episodes", "simulated mean", "+/- s.e.", "<= upper", "p10/p50/p90"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        t.add_row(
+            r["policy"],
+            fmt(r["episodes"]),
+            fmt(r["mean"]),
+            fmt(r["stderr"]),
+            "yes" if r["below_upper"] else "[red]NO[/]",
+            " / ".join(fmt(r[c]) for c in ("compute_p10", "compute_p50", "compute_p90"))
+            + (f" {unit}" if unit else ""),
+        )
+    out.print(t)
+    verdict = "inside" if rows[0]["in_bounds"] else "OUTSIDE"
+    out.print(
+        f"returned policy: simulated {fmt(rows[0]['mean'])} +/- {fmt(rows[0]['stderr'])}, "
+        f"{verdict} the interval [{fmt(lo)}, {fmt(hi)}] (up to {sol.z:g} s.e.)"
+    )
+
+
 @command
 def validate(
     file: Annotated[Path, typer.Argument(help="Roadmap YAML/JSON.")],
+    strict_laws: StrictOpt = False,
+    independent_laws: IndependentOpt = False,
     as_json: JsonOpt = False,
 ):
     """Check a roadmap file; report every problem with its line and column."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeriskWarning)
         try:
-            roadmap = load_roadmap(file)
+            res = resolve_roadmap(load_roadmap(file), strict_laws, independent_laws)
         except RoadmapError as exc:
             if as_json:
                 emit({"valid": False, "problems": [p.__dict__ for p in exc.problems]})
             raise
-    msgs = [str(w.message) for w in caught if issubclass(w.category, DeriskWarning)]
+    roadmap = res.roadmap
+    msgs = list(
+        dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, DeriskWarning))
+    )
     for m in msgs:
         warn(m)
     unit = roadmap.unit_label()
@@ -657,7 +1043,7 @@ def validate(
                 "budget": roadmap.budget,
                 "unit": roadmap.unit,
                 "warnings": msgs,
-                "estimates": {e.id: e.estimate for e in roadmap.experiments if e.estimate},
+                "estimates": {k: e.as_dict() for k, e in res.estimates.items()},
             }
         )
         return
@@ -666,24 +1052,7 @@ def validate(
         f"experiments, budget {fmt(roadmap.budget, unit)}"
         + (f", {len(msgs)} warning(s)" if msgs else "")
     )
-    from derisk.scaling._predict import extrapolation_text
-
-    for e in roadmap.experiments:
-        est = e.estimate
-        if not est:
-            continue
-        iv = est["loss_interval"]
-        band = f", 80% {iv[0]:.3f}-{iv[1]:.3f}" if iv else ""
-        line = f"  {e.id}: law {est['law']} predicts loss {est['loss']:.3f}{band}"
-        if e.success and est["p"] is not None:
-            line += f"; p = P(loss < {e.success['loss_below']}) = {fmt(est['p'], p=True)}"
-        line += f"; {fmt(est['flops'])} training FLOPs"
-        if "cost" in est["derived"]:
-            line += f" (cost {fmt(e.cost.median, unit)})"
-        beyond = extrapolation_text(est.get("params_beyond", 1), est.get("tokens_beyond", 1))
-        if beyond:
-            line += f"; {beyond}"
-        out.print(escape(line))
+    print_estimates(res.estimates, unit)
 
 
 @command

@@ -61,7 +61,9 @@ def load_with_overrides(path: str | Path, sets: list[str]) -> Roadmap:
         {
             "set": text,
             "target": target,
-            "before": _value_of(baseline, target) if baseline is not None else raw,
+            "before": raw
+            if baseline is None or isinstance(raw, dict) and "law" in raw
+            else _value_of(baseline, target),
             "after": _value_of(roadmap, target),
         }
         for text, target, raw in records
@@ -170,6 +172,13 @@ def _apply(data, text: str) -> tuple[str, object]:
         )
     name, _, branch = field.partition(".")
     current = exp.get(name)
+    if name == "p" and not branch and "success" in exp and "p" not in exp:
+        # a law-driven p: the value set replaces the law's (its `train:` still prices it)
+        law = exp["success"].get("law") if isinstance(exp["success"], dict) else None
+        del exp["success"]
+        exp["p"] = value
+        exp.value_marks["p"] = mark
+        return f"{eid}.p", {"law": _plain(law) or "the shipped law"}
     if name == "p":
         conditional = isinstance(current, dict)
         if not branch and conditional and not isinstance(value, dict):

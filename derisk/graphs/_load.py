@@ -7,7 +7,6 @@ column of the offending value, so a user fixes a file in one round trip.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import gc
 import json
@@ -22,7 +21,17 @@ import networkx as nx
 import yaml
 
 from derisk.errors import DeriskWarning, Problem, RoadmapError
-from derisk.graphs._model import MAX_LEVELS, Conditional, Cost, Experiment, Roadmap
+from derisk.graphs._model import (
+    MAX_LEVELS,
+    Categorical,
+    ComputeDefaults,
+    Conditional,
+    Cost,
+    Experiment,
+    Roadmap,
+    SuccessSpec,
+    TrainSpec,
+)
 
 TOP_KEYS = (
     "name",
@@ -33,6 +42,9 @@ TOP_KEYS = (
     "hypotheses",
     "experiments",
     "flops_per_gpu_hour",
+    "hardware",
+    "mfu",
+    "usd_per_gpu_hour",
 )
 EXPERIMENT_KEYS = ("id", "title", "notes", "after", "p", "cost", "reward", "train", "success")
 TRAIN_KEYS = {
@@ -45,9 +57,13 @@ TRAIN_KEYS = {
     "tokens": float,
     "d_model": int,
     "layers": int,
+    "heads": int,
     "seq_len": int,
+    "vocab": int,
+    "hardware": "name",
+    "mfu": "mfu",
 }
-SUCCESS_KEYS = ("loss_below", "law")
+SUCCESS_KEYS = ("loss_below", "law", "beats")
 
 # Canonical unit, and the factor that converts one of the given unit into it. Keys are
 # normalised by `_unit_key` (lower case, spaces and dashes as underscores), so the labels
@@ -59,8 +75,9 @@ UNITS = {
     ),
     **dict.fromkeys(("gpu_days", "gpu_day", "gpu_d", "gpud", "gpudays"), ("gpu_hours", 24.0)),
     **dict.fromkeys(("flops", "flop"), ("flops", 1.0)),
+    **dict.fromkeys(("usd", "dollars", "dollar", "$"), ("usd", 1.0)),
 }
-UNITS_HELP = "gpu_hours (or GPU-h), gpu_days (or GPU-days), flops (or FLOP), or no unit"
+UNITS_HELP = "gpu_hours (or GPU-h), gpu_days (or GPU-days), flops (or FLOP), usd, or no unit"
 
 
 def _unit_key(text: str) -> str:
@@ -523,18 +540,51 @@ def _validate(data: Any, source: str) -> Roadmap:
                 "`flops_per_gpu_hour` must be a positive number (peak FLOP/s x utilisation x 3600)",
             )
             fpgh = None
+    usd_rate = None
+    if "usd_per_gpu_hour" in data:
+        usd_rate = _number(data["usd_per_gpu_hour"])
+        if usd_rate is None or not (math.isfinite(usd_rate) and usd_rate > 0):
+            ck.err(
+                vm.get("usd_per_gpu_hour"),
+                "`usd_per_gpu_hour` must be a positive number (the price of one GPU-hour), "
+                f"got {data['usd_per_gpu_hour']!r}",
+            )
+            usd_rate = None
+    hardware = None
+    if "hardware" in data:
+        hardware = _name(ck, data["hardware"], vm.get("hardware"), "`hardware`")
+    mfu = _mfu(ck, data["mfu"], vm.get("mfu"), "`mfu`") if "mfu" in data else None
+    compute = ComputeDefaults(
+        hardware=hardware,
+        mfu=mfu,
+        usd_per_gpu_hour=usd_rate,
+        flops_per_gpu_hour=fpgh,
+        marks={
+            k: _pos(vm.get(k))
+            for k in ("hardware", "mfu", "usd_per_gpu_hour", "flops_per_gpu_hour")
+            if k in data
+        },
+    )
 
     hypotheses: dict[str, float] = {}
+    categories: dict[str, dict[str, float]] = {}
     hyp_marks: dict[str, _Mark] = {}
     if "hypotheses" in data:
         hyp = data["hypotheses"]
         if not isinstance(hyp, dict):
             ck.err(
                 vm.get("hypotheses"),
-                "`hypotheses` must map names to prior probabilities, e.g. `routing_stable: 0.6`",
+                "`hypotheses` must map names to prior probabilities, e.g. `routing_stable: 0.6` "
+                "(or, for a hypothesis with several values, `arch: {a: 0.5, b: 0.3, c: 0.2}`)",
             )
         else:
             for key, value in hyp.items():
+                if isinstance(value, dict):
+                    table = _categories(ck, value, hyp.value_marks.get(key), str(key))
+                    if table is not None:
+                        categories[str(key)] = table
+                        hyp_marks[str(key)] = hyp.key_marks.get(key)
+                    continue
                 prior = _probability(
                     ck, value, hyp.value_marks.get(key), f"prior of hypothesis `{key}`"
                 )
@@ -576,6 +626,7 @@ def _validate(data: Any, source: str) -> Roadmap:
             ids[eid] = item.value_marks.get("id")
 
     parsed: list[dict] = []
+    priced: list = []  # (TrainSpec, mark, what) of runs whose cost the estimators set
     for item, m in experiments_raw:
         if "id" not in item or not isinstance(item["id"], str | int):
             continue
@@ -600,7 +651,7 @@ def _validate(data: Any, source: str) -> Roadmap:
         if train is not None:
             _check_train(ck, train, ivm.get("train"), what)
         if success is not None:
-            _check_success(ck, success, ivm.get("success"), what)
+            _check_success(ck, success, ivm.get("success"), what, ids)
             if train is None:
                 ck.err(
                     ivm.get("success"),
@@ -613,22 +664,23 @@ def _validate(data: Any, source: str) -> Roadmap:
                     f"{what} has both `p` and `success`: give one (the law's probability, "
                     "or your own)",
                 )
-        est = None
-        wants = (success is not None and "p" not in item) or (
-            train is not None and "cost" not in item
-        )
-        if wants and train is not None and len(ck.problems) == before:
-            est = _estimate(ck, train, success, ivm, what)
-        exp["estimate"] = None
-        if est is not None:  # what the law set, for `derisk validate` to show
-            derived = [k for k, mine in (("p", "p"), ("cost", "cost")) if mine not in item]
-            exp["estimate"] = {**dataclasses.asdict(est), "derived": derived}
+        pending = []
+        if success is not None and "p" not in item and train is not None:
+            pending.append("p")
+        if train is not None and "cost" not in item:
+            pending.append("cost")
+        exp["pending"] = tuple(pending)
+        exp["train_spec"] = exp["success_spec"] = None
+        if train is not None and len(ck.problems) == before:
+            exp["train_spec"] = _train_spec(train, ivm.get("train"))
+        if success is not None and len(ck.problems) == before:
+            exp["success_spec"] = _success_spec(success, ivm.get("success"))
 
         # p
         if "p" in item:
-            exp["p"] = _p(ck, item["p"], ivm.get("p"), what, hypotheses, hyp_marks)
+            exp["p"] = _p(ck, item["p"], ivm.get("p"), what, hypotheses, hyp_marks, categories)
         elif success is not None:
-            exp["p"] = est.p if est is not None else 0.0
+            exp["p"] = 0.0  # pending: the estimators set it from the law
         else:
             ck.err(m, f"{what} has no `p` (its probability of success, e.g. `p: 0.7`)")
 
@@ -636,12 +688,9 @@ def _validate(data: Any, source: str) -> Roadmap:
         if "cost" in item:
             exp["cost"] = _cost(ck, item["cost"], ivm.get("cost"), what, quantity)
         elif train is not None:
-            flops = est.flops if est is not None else 0.0
-            exp["cost"] = ((flops, "flops"), None)
-            if est is not None:
-                quantities.append(
-                    (f"the training cost of {what}", flops, "flops", ivm.get("train"))
-                )
+            exp["cost"] = ((0.0, None), None)  # pending: priced from the run's FLOPs
+            if exp["train_spec"] is not None:
+                priced.append((exp["train_spec"], ivm.get("train"), what))
         else:
             ck.err(m, f"{what} has no `cost` (e.g. `cost: 40 gpu_hours`)")
 
@@ -655,8 +704,6 @@ def _validate(data: Any, source: str) -> Roadmap:
                 )
             else:
                 exp["reward"] = r
-        exp["train"] = dict(train) if isinstance(train, dict) else None
-        exp["success"] = dict(success) if isinstance(success, dict) else None
         parsed.append(exp)
 
     # Cycles (only over known ids; unknown ones were reported already).
@@ -686,6 +733,8 @@ def _validate(data: Any, source: str) -> Roadmap:
             return amount
         if fpgh is not None and {u, unit} == {"flops", "gpu_hours"}:
             return amount / fpgh if u == "flops" else amount * fpgh
+        if usd_rate is not None and {u, unit} == {"usd", "gpu_hours"}:
+            return amount * usd_rate if u == "gpu_hours" else amount / usd_rate
         return None
 
     for what, amount, u, mark in quantities:
@@ -696,6 +745,11 @@ def _validate(data: Any, source: str) -> Roadmap:
                 f"{unit}, or add `flops_per_gpu_hour:` (peak FLOP/s x utilisation x 3600) "
                 "at the top level so derisk can convert",
             )
+
+    for spec, mark, what in priced:
+        problem = _pricing_problem(unit, spec, compute)
+        if problem:
+            ck.err(mark, f"the training cost of {what} {problem}")
 
     if budget_q is not None and resolution_q is not None:
         b, r = conv(budget_q), conv(resolution_q)
@@ -725,9 +779,9 @@ def _validate(data: Any, source: str) -> Roadmap:
                 p=e["p"],
                 cost=cost,
                 reward=e.get("reward", 0.0),
-                train=e["train"],
-                success=e["success"],
-                estimate=e["estimate"],
+                train=e["train_spec"],
+                success=e["success_spec"],
+                pending=e["pending"],
                 line=e["line"],
             )
         )
@@ -739,8 +793,103 @@ def _validate(data: Any, source: str) -> Roadmap:
         resolution=resolution,
         compute_price=price,
         hypotheses=hypotheses,
+        categories=categories,
         source=source,
+        compute=compute,
     )
+
+
+def _pos(mark) -> tuple:
+    return (getattr(mark, "line", None), getattr(mark, "col", None))
+
+
+def _name(ck, value, mark, what) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        ck.err(mark, f"{what} must be an accelerator name such as `h100`, got {value!r}")
+        return None
+    return value.strip()
+
+
+def _mfu(ck, value, mark, what) -> tuple[float, float] | None:
+    """Model FLOPs utilisation: a fraction in (0, 1], or [lo, hi], its 80% interval."""
+    if isinstance(value, list):
+        xs = [_number(v) for v in value]
+        if len(xs) != 2 or any(x is None for x in xs):
+            ck.err(mark, f"{what} as a range must be [lo, hi], e.g. `[0.3, 0.45]`, got {value!r}")
+            return None
+        lo, hi = xs
+    else:
+        lo = hi = _number(value)
+        if lo is None:
+            ck.err(mark, f"{what} must be a fraction in (0, 1] or [lo, hi], got {value!r}")
+            return None
+    if not (0 < lo <= hi <= 1):
+        ck.err(
+            mark,
+            f"{what} must lie in (0, 1] (model FLOPs utilisation, e.g. 0.4), with lo <= hi, "
+            f"got {value!r}",
+        )
+        return None
+    return (float(lo), float(hi))
+
+
+def _train_spec(train, mark) -> TrainSpec:
+    """A validated `train:` block as a TrainSpec that remembers where each key was."""
+    vm = train.value_marks
+    kw = {}
+    for k, v in train.items():
+        kind = TRAIN_KEYS.get(k)
+        if kind is None:
+            continue
+        if kind in ("name", str):
+            kw[k] = str(v).strip()
+        elif kind == "mfu":
+            kw[k] = _mfu(_Checker("<unused>"), v, None, "`mfu`")
+        elif kind is int:
+            kw[k] = int(_number(v))
+        else:
+            kw[k] = float(_number(v))
+    return TrainSpec(**kw, mark=_pos(mark), marks={k: _pos(vm.get(k)) for k in train})
+
+
+def _success_spec(success, mark) -> SuccessSpec:
+    vm = success.value_marks
+    law = success.get("law")
+    below = success.get("loss_below")
+    return SuccessSpec(
+        loss_below=None if below is None else float(_number(below)),
+        beats=None if success.get("beats") is None else str(success["beats"]),
+        law=None if law is None else str(law),
+        mark=_pos(mark),
+        marks={k: _pos(vm.get(k)) for k in success},
+    )
+
+
+def _pricing_problem(unit, spec: TrainSpec, compute: ComputeDefaults) -> str | None:
+    """Why a run's FLOPs cannot be priced in the roadmap's unit (None: they can)."""
+    has_hw = (spec.hardware or compute.hardware) is not None
+    has_mfu = (spec.mfu or compute.mfu) is not None
+    to_hours = compute.flops_per_gpu_hour is not None or (has_hw and has_mfu)
+    if unit == "flops":
+        return None
+    if has_hw and not has_mfu:
+        return "names its hardware but no `mfu` (model FLOPs utilisation, e.g. `mfu: 0.4`)"
+    if unit is None:
+        return (
+            "is in FLOPs but the roadmap has no unit; give the budget a unit (e.g. "
+            "`budget: 2000 gpu_hours`, or `1e21 flops`)"
+        )
+    if unit == "gpu_hours" and not to_hours:
+        return (
+            "is in FLOPs but the budget is in GPU-hours; give `hardware:` (e.g. h100) and "
+            "`mfu:` (e.g. 0.4) in the run or at the top level, or `flops_per_gpu_hour:`"
+        )
+    if unit == "usd" and not (to_hours and compute.usd_per_gpu_hour is not None):
+        return (
+            "is in FLOPs but the budget is in usd; give `hardware:` and `mfu:` (or "
+            "`flops_per_gpu_hour:`) and `usd_per_gpu_hour:` at the top level"
+        )
+    return None
 
 
 def _locate(data: Any, depth: int = 0) -> Any:
@@ -810,7 +959,42 @@ def _requires(ck, value, mark, eid, ids) -> list[tuple[str, ...]]:
     return [c for c in (clause(x, m) for x, m in items) if c is not None]
 
 
-def _p(ck, value, mark, what, hypotheses, hyp_marks):
+def _categories(ck, value, mark, name) -> dict[str, float] | None:
+    """A categorical hypothesis's priors {value: prior}, summing to 1."""
+    if len(value) < 2:
+        ck.err(mark, f"hypothesis `{name}` needs at least two values with priors")
+        return None
+    out = {}
+    for k, v in value.items():
+        prior = _probability(ck, v, value.value_marks.get(k), f"prior of `{name}` = `{k}`")
+        if prior is None:
+            return None
+        out[str(k)] = prior
+    total = sum(out.values())
+    if abs(total - 1) > 1e-6:
+        ck.err(mark, f"the priors of hypothesis `{name}` must sum to 1, got {total:g}")
+        return None
+    return out
+
+
+def _p(ck, value, mark, what, hypotheses, hyp_marks, categories=None):
+    categories = categories or {}
+    if isinstance(value, dict) and str(value.get("if")) in categories:
+        h = str(value["if"])
+        ck.unknown_keys(value, ("if", *categories[h]), f"`p` of {what}")
+        missing = [k for k in categories[h] if k not in value]
+        if missing:
+            ck.err(
+                mark,
+                f"`p` of {what} depends on `{h}` and needs a p for each of its values "
+                f"(missing: {', '.join(missing)})",
+            )
+            return 0.0
+        table = []
+        for k in categories[h]:
+            q = _probability(ck, value[k], value.value_marks.get(k), f"`p.{k}` of {what}")
+            table.append((k, q if q is not None else 0.0))
+        return Categorical(hypothesis=h, table=tuple(table))
     if isinstance(value, dict):
         ck.unknown_keys(value, ("if", "then", "else"), f"`p` of {what}")
         missing = [k for k in ("if", "then", "else") if k not in value]
@@ -823,7 +1007,7 @@ def _p(ck, value, mark, what, hypotheses, hyp_marks):
             return 0.0
         h = value["if"]
         if str(h) not in hypotheses:
-            close = ck.suggest(str(h), hypotheses)
+            close = ck.suggest(str(h), [*hypotheses, *categories])
             hint = (
                 f"; did you mean `{close}`?"
                 if close
@@ -883,6 +1067,10 @@ def _check_train(ck, train, mark, what):
         if kind is str:
             if value not in ("dense", "moe"):
                 ck.err(m, f"`train.arch` of {what} must be `dense` or `moe`, got {value!r}")
+        elif kind == "name":
+            _name(ck, value, m, f"`train.hardware` of {what}")
+        elif kind == "mfu":
+            _mfu(ck, value, m, f"`train.mfu` of {what}")
         elif kind is not None:
             x = _number(value)
             if x is None or x <= 0 or (kind is int and not float(x).is_integer()):
@@ -891,6 +1079,15 @@ def _check_train(ck, train, mark, what):
                     f"`train.{key}` of {what} must be a positive "
                     f"{'integer' if kind is int else 'number'}, got {value!r}",
                 )
+    if "tokens" not in train:
+        ck.err(mark, f"`train` of {what} needs `tokens` (training tokens)")
+    sized = "params" in train or "active_params" in train
+    if not sized and not ("d_model" in train and "layers" in train):
+        ck.err(
+            mark,
+            f"`train` of {what} needs its size: `params` (`active_params` for an MoE) or "
+            "its shape, `d_model` and `layers`",
+        )
     if train.get("arch") == "moe" and isinstance(train.get("experts"), int):
         top_k = train.get("top_k")
         if isinstance(top_k, int) and top_k > train["experts"]:
@@ -900,39 +1097,42 @@ def _check_train(ck, train, mark, what):
             )
 
 
-def _estimate(ck, train, success, marks, what):
-    """p and compute of a node's training run, from a fitted law (None on a problem)."""
-    from derisk.errors import DataError
-    from derisk.scaling import estimate
-
-    spec = {k: (v if k == "arch" else _number(v)) for k, v in train.items()}
-    try:
-        return estimate(spec, None if success is None else dict(success))
-    except DataError as exc:
-        where = success.value_marks.get("law") if success is not None else None
-        ck.err(where or marks.get("success") or marks.get("train"), f"{what}: {exc}")
-    except ValueError as exc:
-        ck.err(marks.get("train"), f"`train` of {what} {exc}")
-    return None
-
-
-def _check_success(ck, success, mark, what):
+def _check_success(ck, success, mark, what, ids=None):
     if not isinstance(success, dict):
         ck.err(mark, f"`success` of {what} must be a mapping like `{{loss_below: 2.45}}`")
         return
     ck.unknown_keys(success, SUCCESS_KEYS, f"`success` of {what}")
-    if "loss_below" not in success:
-        ck.err(mark, f"`success` of {what} needs `loss_below`")
-    elif _number(success["loss_below"]) is None or _number(success["loss_below"]) <= 0:
+    if ("loss_below" in success) == ("beats" in success):
+        ck.err(
+            mark,
+            f"`success` of {what} needs one of `loss_below` (a target loss) or `beats` (an "
+            "experiment whose run's loss this run must beat)",
+        )
+    elif "loss_below" in success and (
+        _number(success["loss_below"]) is None or _number(success["loss_below"]) <= 0
+    ):
         ck.err(
             success.value_marks.get("loss_below"),
             f"`success.loss_below` of {what} must be a positive number",
         )
+    elif "beats" in success and ids is not None:
+        other = success["beats"]
+        if not isinstance(other, str | int) or str(other) not in ids:
+            close = ck.suggest(str(other), ids)
+            hint = f"; did you mean `{close}`?" if close else ""
+            ck.err(
+                success.value_marks.get("beats"),
+                f"`success.beats` of {what} names no experiment: {other!r}{hint}",
+            )
 
 
 def suspicious(roadmap: Roadmap) -> list[str]:
-    """Messages for legal but suspicious roadmaps (never errors)."""
+    """Messages for legal but suspicious roadmaps (never errors). A roadmap whose
+    estimates are pending gets none: its p and costs are not known yet (the estimators
+    run this again once they are)."""
     out = []
+    if roadmap.pending:
+        return out
     g = roadmap.graph()
     exps = {e.id: e for e in roadmap.experiments}
     # Cheapest total cost to reach and run each node (any-groups take the cheapest branch).
@@ -945,7 +1145,7 @@ def suspicious(roadmap: Roadmap) -> list[str]:
         cheapest[nid] = total
     hyp_users: dict[str, int] = {}
     for e in roadmap.experiments:
-        if isinstance(e.p, Conditional):
+        if isinstance(e.p, Conditional | Categorical):
             hyp_users[e.p.hypothesis] = hyp_users.get(e.p.hypothesis, 0) + 1
     where = roadmap.source
     for e in roadmap.experiments:
@@ -960,9 +1160,10 @@ def suspicious(roadmap: Roadmap) -> list[str]:
                 f"{at}: `{e.id}` costs {e.cost.median:g}, more than the whole budget "
                 f"({roadmap.budget:g}); it can never run"
             )
-        if not isinstance(e.p, Conditional) and e.p == 0:
+        if isinstance(e.p, float | int) and e.p == 0:
             out.append(f"{at}: `{e.id}` has p = 0 and can never succeed")
-        informative = isinstance(e.p, Conditional) and hyp_users[e.p.hypothesis] > 1
+        latent = isinstance(e.p, Conditional | Categorical)
+        informative = latent and hyp_users[e.p.hypothesis] > 1
         if e.reward == 0 and g.out_degree(e.id) == 0 and not informative:
             out.append(
                 f"{at}: nothing depends on `{e.id}` and it earns nothing; the planner "

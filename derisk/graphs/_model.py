@@ -29,7 +29,7 @@ Z90 = float(stats.norm.ppf(0.9))
 
 def unit_label(unit: str | None) -> str:
     """How a canonical unit is printed (and accepted back as input): GPU-h, FLOP."""
-    return {"gpu_hours": "GPU-h", "flops": "FLOP"}.get(unit or "", "")
+    return {"gpu_hours": "GPU-h", "flops": "FLOP", "usd": "USD"}.get(unit or "", "")
 
 
 def steps_up(values: np.ndarray, resolution: float) -> np.ndarray:
@@ -109,6 +109,127 @@ class Conditional:
         return prior * self.then + (1 - prior) * self.otherwise
 
 
+Mark = tuple  # (line, col) in the roadmap file, either may be None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """A node's training run, as written (`train:`): what the estimators resolve into a
+    cost (FLOPs, then the roadmap's unit on the given hardware) and, with a
+    `SuccessSpec`, a probability. Only what the file gave is set; `marks` says where each
+    key was written, so a problem found while resolving points at the file."""
+
+    arch: str = "dense"
+    params: float | None = None  # non-embedding parameters (total, for an MoE)
+    active_params: float | None = None  # non-embedding parameters one token uses
+    tokens: float | None = None
+    d_model: int | None = None
+    layers: int | None = None
+    heads: int | None = None
+    seq_len: int | None = None
+    vocab: int | None = None
+    experts: int | None = None
+    top_k: int | None = None
+    granularity: float | None = None
+    hardware: str | None = None
+    mfu: tuple[float, float] | None = None  # an 80% interval; (x, x) for one value
+    mark: Mark = field(default=(None, None), compare=False)
+    marks: dict = field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict:
+        """The keys the file gave, as written (mfu as one number or [lo, hi])."""
+        out = {}
+        for k in TRAIN_FIELDS:
+            v = getattr(self, k)
+            if v is None:
+                continue
+            if k == "mfu":
+                v = v[0] if v[0] == v[1] else list(v)
+            out[k] = v
+        return out
+
+
+TRAIN_FIELDS = (
+    "arch",
+    "params",
+    "active_params",
+    "tokens",
+    "d_model",
+    "layers",
+    "heads",
+    "seq_len",
+    "vocab",
+    "experts",
+    "top_k",
+    "granularity",
+    "hardware",
+    "mfu",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuccessSpec:
+    """A node's success rule (`success:`): the run's loss below `loss_below`, or below the
+    loss of experiment `beats`'s run, by the law `law` (None: the shipped law for the
+    run's architecture)."""
+
+    loss_below: float | None = None
+    beats: str | None = None
+    law: str | None = None
+    mark: Mark = field(default=(None, None), compare=False)
+    marks: dict = field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict:
+        rule = {"beats": self.beats} if self.beats else {"loss_below": self.loss_below}
+        return {**rule, **({"law": self.law} if self.law else {})}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeDefaults:
+    """Roadmap-level defaults for pricing training runs: the hardware and MFU a `train:`
+    block without its own uses, the price of a GPU-hour (for budgets in `usd`), and the
+    older `flops_per_gpu_hour` (peak x MFU x 3600, instead of hardware and MFU)."""
+
+    hardware: str | None = None
+    mfu: tuple[float, float] | None = None
+    usd_per_gpu_hour: float | None = None
+    flops_per_gpu_hour: float | None = None
+    marks: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Categorical:
+    """A success probability that depends on one categorical latent variable: a
+    hypothesis with several values (`hypotheses: {arch: {a: 0.5, b: 0.3, c: 0.2}}`,
+    `p: {if: arch, a: 0.9, b: 0.5, c: 0.1}`), or the "world" of a fitted law (one value
+    per bootstrap parameter sample, set by the estimators: nodes estimated from one law
+    share it, so one's outcome moves the others' p)."""
+
+    hypothesis: str
+    table: tuple[tuple[str, float], ...]  # (value, p) in the variable's order
+
+    def mean(self, prior: dict[str, float]) -> float:
+        return float(sum(prior[v] * p for v, p in self.table))
+
+    def p_of(self, value: str) -> float:
+        return dict(self.table)[value]
+
+
+def describe_p(p, categories: dict | None = None, digits: int = 2) -> str:
+    """A success probability in words: `0.70`, `0.90 if h else 0.20`, `by arch: a 0.90,
+    b 0.50`, or for a law's worlds its mean, `0.74 (law cpu-dense, 200 worlds)`."""
+    if isinstance(p, Conditional):
+        return f"{p.then:.{digits}f} if {p.hypothesis} else {p.otherwise:.{digits}f}"
+    if isinstance(p, Categorical):
+        if p.hypothesis.startswith("law "):
+            prior = (categories or {}).get(p.hypothesis)
+            mean = p.mean(prior) if prior else sum(q for _, q in p.table) / len(p.table)
+            return f"{mean:.{digits}f} ({p.hypothesis}, {len(p.table)} worlds)"
+        values = ", ".join(f"{v} {q:.{digits}f}" for v, q in p.table)
+        return f"by {p.hypothesis}: {values}"
+    return f"{float(p):.{digits}f}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Experiment:
     """One node of the roadmap.
@@ -121,23 +242,29 @@ class Experiment:
     id: str
     title: str = ""
     requires: tuple[tuple[str, ...], ...] = ()
-    p: float | Conditional = 1.0
+    p: float | Conditional | Categorical = 1.0
     cost: Cost = field(default_factory=lambda: Cost(median=0.0))
     reward: float = 0.0
-    train: dict | None = None
-    success: dict | None = None
+    train: TrainSpec | None = None
+    success: SuccessSpec | None = None
     line: int | None = field(default=None, compare=False)
-    # where p and/or cost came from a fitted law: law, params, tokens, loss, loss_interval,
-    # p, flops (derisk.scaling.TrainEstimate as a dict)
+    # what the estimators still have to set from `train`/`success` ("p", "cost"); a
+    # roadmap with any is not ready to plan (derisk.estimators.resolve sets them)
+    pending: tuple[str, ...] = ()
+    # where p and/or cost came from a fitted law (derisk.estimators.Estimate as a dict),
+    # set by the estimators
     estimate: dict | None = field(default=None, compare=False)
 
     @property
     def prerequisites(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(i for clause in self.requires for i in clause))
 
-    def p_mean(self, hypotheses: dict[str, float]) -> float:
+    def p_mean(self, hypotheses: dict[str, float], categories: dict | None = None) -> float:
+        """p averaged over its hypothesis's prior (boolean or categorical)."""
         if isinstance(self.p, Conditional):
             return self.p.mean(hypotheses[self.p.hypothesis])
+        if isinstance(self.p, Categorical):
+            return self.p.mean((categories or {})[self.p.hypothesis])
         return self.p
 
     def __hash__(self) -> int:  # dict fields are not hashable; ids are unique
@@ -155,10 +282,19 @@ class Roadmap:
     resolution: float | None = None  # None: chosen by `effective_resolution`
     compute_price: float = 0.0
     hypotheses: dict[str, float] = field(default_factory=dict)
+    # categorical latent variables: name -> {value: prior} (priors sum to 1); user-declared
+    # ones and, set by the estimators, one "law NAME" per law whose runs share its worlds
+    categories: dict[str, dict[str, float]] = field(default_factory=dict, compare=False)
     source: str = "<roadmap>"
     # `--set` overrides applied, in order: {"set": "pilot.p=0.3", "target": "pilot.p",
     # "before": 0.5, "after": 0.3}, values in the roadmap's unit (see load_with_overrides)
     overrides: tuple[dict, ...] = field(default=(), compare=False)
+    compute: ComputeDefaults = field(default_factory=ComputeDefaults, compare=False)
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """Experiments whose p or cost a law or the hardware still has to set."""
+        return tuple(e.id for e in self.experiments if e.pending)
 
     def __hash__(self) -> int:
         return hash((self.name, self.source, self.budget, tuple(self.experiments)))

@@ -1,5 +1,14 @@
 """The planning MDP: compile a roadmap, enumerate states, solve, evaluate, simulate."""
 
+from derisk.planner._approx import (
+    ApproxConfig,
+    ApproxSimulation,
+    ApproxSolution,
+    approx_curve,
+    simulate_approx,
+    solve_approx,
+)
+from derisk.planner._approx_report import approx_plan_report
 from derisk.planner._evaluate import StartValue, evaluate_policy, rewarded_nodes, start_value
 from derisk.planner._explain import Explanation, explain, hypothesis_posteriors
 from derisk.planner._heuristics import HEURISTICS, heuristic_policy, heuristic_scores
@@ -34,9 +43,16 @@ from derisk.planner._solve import (
     build_space,
     solve,
 )
-from derisk.planner._states import StateSpace, enumerate_states, estimate_bytes
+from derisk.planner._states import StateSpace, config_posterior, enumerate_states, estimate_bytes
 
 __all__ = [
+    "ApproxConfig",
+    "ApproxSimulation",
+    "ApproxSolution",
+    "approx_curve",
+    "simulate_approx",
+    "approx_plan_report",
+    "solve_approx",
     "Explanation",
     "Parameter",
     "Sensitivity",
@@ -65,6 +81,7 @@ __all__ = [
     "build_space",
     "check_simulation",
     "compile_roadmap",
+    "config_posterior",
     "enumerate_states",
     "estimate_bytes",
     "evaluate_policy",

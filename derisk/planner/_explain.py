@@ -17,17 +17,29 @@ from derisk._numbers import fmt as _fmt
 from derisk.graphs._model import unit_label
 from derisk.planner._problem import FAILED, SUCCESS, PlanningProblem
 from derisk.planner._report import budget_after, heuristic_summary
-from derisk.planner._sensitivity import _config_bits, evpi
+from derisk.planner._sensitivity import _config_bits, _latent_masks, evpi
 from derisk.planner._solve import Solution
 from derisk.planner._states import config_posterior
 
 
 def hypothesis_posteriors(problem: PlanningProblem, status: np.ndarray) -> dict[str, float]:
-    """P(hypothesis true | the outcomes in `status`), one (n,) status vector."""
+    """P(hypothesis true | the outcomes in `status`), one (n,) status vector; for a
+    categorical hypothesis, P(name=value) for each of its values. Law worlds are left out
+    (a world is one bootstrap sample of a law: its posterior is not a statement a reader
+    can use)."""
     if not problem.hypotheses:
         return {}
-    post = config_posterior(problem, status[None, :])[0] @ _config_bits(problem)
-    return {h: float(post[k]) for k, h in enumerate(problem.hypotheses)}
+    post = config_posterior(problem, status[None, :])[0]
+    H = problem.booleans
+    booleans = post @ _config_bits(problem)
+    out = {h: float(booleans[k]) for k, h in enumerate(problem.hypotheses[:H])}
+    for k, h in enumerate(problem.hypotheses[H:], start=H):
+        if h.startswith("law "):
+            continue
+        names = problem.cat_values[k - H]
+        for name, mask in zip(names, _latent_masks(problem, k), strict=True):
+            out[f"{h}={name}"] = float(post[mask].sum())
+    return out
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import networkx as nx
 import numpy as np
 
 from derisk.errors import SolverError
-from derisk.graphs import MAX_LEVELS, Conditional, Roadmap
+from derisk.graphs import MAX_LEVELS, Categorical, Conditional, Roadmap
 from derisk.graphs._model import steps_up
 
 # Status codes of one experiment inside a state.
@@ -18,8 +18,9 @@ UNTRIED, SUCCESS, FAILED, DEAD = 0, 1, 2, 3
 # that can no longer matter, a run cut off by the budget, or a tried node whose outcome
 # no longer affects anything. Prerequisites treat FAILED and DEAD alike.
 
-MAX_NODES = 31  # two bits per node in an int64 state code
+MAX_NODES = 127  # policies are int8 tables of node indices (-1 = stop)
 MAX_HYPOTHESES = 10  # the belief is a vector over 2**H hypothesis configurations
+MAX_CONFIGS = 16384  # ... times the values of every categorical variable (law worlds too)
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,10 +31,14 @@ class PlanningProblem:
         ids: experiment ids, index i is node i.
         levels: number of budget levels minus one; values exist for b = 0..levels.
         cost_units / cost_probs: per node, the discretised cost distribution.
-        p_table: (n, C) success probability of each node under each of the C = 2**H
-            hypothesis configurations (rows equal across C without hypotheses).
-        prior: (C,) prior over hypothesis configurations.
-        hyp_of: (n,) index of the hypothesis node i depends on, or -1.
+        p_table: (n, C) success probability of each node under each of the C
+            configurations of the latent variables (rows equal across C without any).
+        prior: (C,) prior over configurations.
+        hypotheses: the latent variables: the `n_boolean` boolean hypotheses first, then
+            the categorical ones (user-declared, and law worlds). Configuration c = m x
+            2**H + b: b enumerates the booleans (bit H-1-k of b is 0 when hypothesis k is
+            true), m the categorical values (the first categorical most significant).
+        hyp_of: (n,) index in `hypotheses` of the variable node i depends on, or -1.
         clauses: per node, tuple of bit masks; node i needs, for every mask, one success.
         topo: node indices in topological order.
         price_per_unit: reward lost per budget unit spent.
@@ -60,6 +65,13 @@ class PlanningProblem:
     # Budget beyond what the roadmap could ever spend (every experiment at its largest
     # cost), in the roadmap's unit: not planned over (it changes nothing), only reported.
     surplus: float = 0.0
+    n_boolean: int | None = None  # boolean hypotheses among `hypotheses` (None: all)
+    cat_prior: np.ndarray | None = None  # (C,) the categorical variables' share of prior
+    cat_values: tuple[tuple[str, ...], ...] = ()  # each categorical variable's values
+
+    @property
+    def booleans(self) -> int:
+        return len(self.hypotheses) if self.n_boolean is None else self.n_boolean
 
     @property
     def n(self) -> int:
@@ -97,10 +109,15 @@ def compile_roadmap(
         spent: compute already spent (in the roadmap's unit), taken off the budget.
         cost_bins: equal-probability bins for a lognormal cost.
     """
+    if roadmap.pending:
+        raise SolverError(
+            f"{roadmap.source}: the p or cost of {', '.join(roadmap.pending)} come from laws "
+            "and FLOPs not yet resolved; plan `derisk.estimators.resolve(roadmap).roadmap`"
+        )
     n = len(roadmap.experiments)
     if n > MAX_NODES:
         raise SolverError(
-            f"{roadmap.source}: {n} experiments; the exact planner handles at most {MAX_NODES}. "
+            f"{roadmap.source}: {n} experiments; the planner handles at most {MAX_NODES}. "
             "Merge experiments that always run together, or split the roadmap into phases."
         )
     hyps = tuple(roadmap.hypotheses)
@@ -140,13 +157,36 @@ def compile_roadmap(
     prior = np.array(
         [np.prod([priors[k] if c[k] else 1 - priors[k] for k in range(len(hyps))]) for c in configs]
     )
-    p_table = np.zeros((n, len(configs)))
+    cats = tuple(roadmap.categories)
+    values = [tuple(roadmap.categories[c]) for c in cats]
+    size = len(configs) * int(np.prod([len(v) for v in values]))
+    if size > MAX_CONFIGS:
+        raise SolverError(
+            f"{roadmap.source}: its hypotheses and law worlds make {size:,} configurations "
+            f"of the latent variables; at most {MAX_CONFIGS:,}: use fewer hypotheses, or "
+            "--independent-laws to treat law-driven nodes as independent"
+        )
+    # categorical values: the most significant digits of the configuration index
+    combos = list(itertools.product(*values)) if cats else [()]
+    cat_prior = np.array(
+        [np.prod([roadmap.categories[c][v] for c, v in zip(cats, m, strict=True)]) for m in combos]
+    )
+    cat_prior = np.repeat(cat_prior, len(configs))
+    prior = np.tile(prior, len(combos)) * cat_prior
+    latents = hyps + cats
+    p_table = np.zeros((n, len(prior)))
     hyp_of = np.full(n, -1, dtype=np.int64)
     for i, e in enumerate(roadmap.experiments):
         if isinstance(e.p, Conditional):
             k = hyps.index(e.p.hypothesis)
             hyp_of[i] = k
-            p_table[i] = [e.p.then if c[k] else e.p.otherwise for c in configs]
+            row = [e.p.then if c[k] else e.p.otherwise for c in configs]
+            p_table[i] = np.tile(row, len(combos))
+        elif isinstance(e.p, Categorical):
+            j = cats.index(e.p.hypothesis)
+            hyp_of[i] = len(hyps) + j
+            table = dict(e.p.table)
+            p_table[i] = np.repeat([table[m[j]] for m in combos], len(configs))
         else:
             p_table[i] = e.p
 
@@ -179,7 +219,10 @@ def compile_roadmap(
         p_table=p_table,
         prior=prior,
         hyp_of=hyp_of,
-        hypotheses=hyps,
+        hypotheses=latents,
+        n_boolean=len(hyps),
+        cat_prior=cat_prior if cats else None,
+        cat_values=tuple(values),
         clauses=clauses,
         topo=topo,
         levels=levels,

@@ -31,7 +31,7 @@ import numpy as np
 
 from derisk._numbers import fmt
 from derisk.errors import SolverError
-from derisk.graphs import Conditional, Cost, Roadmap
+from derisk.graphs import Categorical, Conditional, Cost, Roadmap
 from derisk.planner._evaluate import start_value
 from derisk.planner._exact import solve_exact
 from derisk.planner._problem import UNTRIED, PlanningProblem
@@ -48,7 +48,7 @@ class Parameter:
 
     node: str  # experiment id, or the hypothesis name for a prior
     param: str  # "p" | "cost" | "prior"
-    branch: str | None  # "then" | "else" for a conditional p, else None
+    branch: str | None  # "then" | "else" for a conditional p, "shift" for a categorical one
     base: float  # current value (cost in the roadmap's unit: the median)
     gradient: float  # dV*/d(value) (per unit of cost for a cost)
     low: float
@@ -130,8 +130,8 @@ class _Knob:
 
 
 def _config_bits(problem: PlanningProblem) -> np.ndarray:
-    """(C, H) 1 where hypothesis k is true in configuration c (compile's order)."""
-    H = len(problem.hypotheses)
+    """(C, H) 1 where boolean hypothesis k is true in configuration c (compile's order)."""
+    H = problem.booleans
     C = len(problem.prior)
     c = np.arange(C)[:, None]
     return 1 - ((c >> (H - 1 - np.arange(H))[None, :]) & 1)
@@ -139,16 +139,39 @@ def _config_bits(problem: PlanningProblem) -> np.ndarray:
 
 def _hyp_priors(problem: PlanningProblem) -> np.ndarray:
     bits = _config_bits(problem)
-    return problem.prior @ bits if len(problem.hypotheses) else np.zeros(0)
+    return problem.prior @ bits if problem.booleans else np.zeros(0)
 
 
 def _with_priors(problem: PlanningProblem, priors: np.ndarray) -> PlanningProblem:
     bits = _config_bits(problem)
     prior = np.prod(np.where(bits == 1, priors[None, :], 1 - priors[None, :]), axis=1)
+    if problem.cat_prior is not None:  # the categorical variables keep their share
+        prior = prior * problem.cat_prior
     return replace(problem, prior=prior)
 
 
-def _set(problem: PlanningProblem, roadmap: Roadmap, knob: _Knob, x: float) -> PlanningProblem:
+def _latent_masks(problem: PlanningProblem, h: int) -> list[np.ndarray]:
+    """(C,) masks of the configurations where latent variable h takes each of its values
+    (a boolean: true, then false; a categorical: in its declared order)."""
+    C = len(problem.prior)
+    if h < problem.booleans:
+        bits = _config_bits(problem)[:, h]
+        return [bits == 1, bits == 0]
+    # categorical digits: c // 2**H in mixed radix, the first categorical most significant
+    rest = np.arange(C) // (2**problem.booleans)
+    sizes = [len(v) for v in problem.cat_values]
+    below = int(np.prod(sizes[h - problem.booleans + 1 :])) if sizes else 1
+    digit = (rest // below) % sizes[h - problem.booleans]
+    return [digit == m for m in range(sizes[h - problem.booleans])]
+
+
+def _set(
+    problem: PlanningProblem, roadmap: Roadmap, knob: _Knob, x: float, *, clip: bool = True
+) -> PlanningProblem:
+    """`problem` with `knob` at `x`. A categorical p (a law's worlds) is shifted: every
+    world's p moves by x - base, so its marginal is x and the worlds keep their spread
+    (clipped to [0, 1]; unclipped, `clip=False`, it is the affine extension the gradient
+    reads)."""
     if knob.param == "prior":
         pri = _hyp_priors(problem).copy()
         pri[knob.index] = x
@@ -158,6 +181,10 @@ def _set(problem: PlanningProblem, roadmap: Roadmap, knob: _Knob, x: float) -> P
         table = problem.p_table.copy()
         if knob.branch is None:
             table[i] = x
+        elif knob.branch == "shift":
+            table[i] = table[i] + (x - knob.base)
+            if clip:
+                table[i] = np.clip(table[i], 0.0, 1.0)
         else:
             h = int(problem.hyp_of[i])
             bits = _config_bits(problem)[:, h]
@@ -189,9 +216,12 @@ def _knobs(roadmap: Roadmap, problem: PlanningProblem) -> list[_Knob]:
         if isinstance(e.p, Conditional):
             out.append(_Knob(e.id, "p", "then", i, e.p.then, 0.0, 1.0))
             out.append(_Knob(e.id, "p", "else", i, e.p.otherwise, 0.0, 1.0))
+        elif isinstance(e.p, Categorical):  # a shift of every value, around its mean
+            mean = float(problem.prior @ problem.p_table[i])
+            out.append(_Knob(e.id, "p", "shift", i, mean, 0.0, 1.0))
         else:
             out.append(_Knob(e.id, "p", None, i, float(e.p), 0.0, 1.0))
-    for k, h in enumerate(problem.hypotheses):
+    for k, h in enumerate(problem.hypotheses[: problem.booleans]):
         out.append(_Knob(h, "prior", None, k, float(roadmap.hypotheses[h]), 0.0, 1.0))
     for i, e in enumerate(roadmap.experiments):
         c = e.cost.median
@@ -258,9 +288,8 @@ def _revealed(problem: PlanningProblem, i: int | None, h: int | None):
     hypothesis h's truth."""
     out = []
     if h is not None:
-        bits = _config_bits(problem)[:, h]
-        for v in (1, 0):
-            w = problem.prior * (bits == v)
+        for mask in _latent_masks(problem, h):
+            w = problem.prior * mask
             z = w.sum()
             if z > 0:
                 out.append((float(z), replace(problem, prior=w / z)))
@@ -367,6 +396,11 @@ def sensitivity(
             grad = (_fixed_policy_value(solution, up) - base_value) / step
             low, high = knob.base / cost_factor, knob.base * cost_factor
             tol = pr.resolution
+        elif knob.branch == "shift":  # affine in the shift: one unclipped unit step
+            up = _set(pr, roadmap, knob, knob.base + 1.0, clip=False)
+            grad = _fixed_policy_value(solution, up) - _fixed_policy_value(solution, pr)
+            low, high = max(0.0, knob.base - p_step), min(1.0, knob.base + p_step)
+            tol = p_tol
         else:
             v1 = _fixed_policy_value(solution, _set(pr, roadmap, knob, 1.0))
             v0 = _fixed_policy_value(solution, _set(pr, roadmap, knob, 0.0))
@@ -432,4 +466,5 @@ def sensitivity_inputs(roadmap: Roadmap) -> int:
 
 def sensitivity_steps(roadmap: Roadmap) -> int:
     """Progress steps `sensitivity` reports: one per input, then one per EVPI."""
-    return sensitivity_inputs(roadmap) + len(roadmap.experiments) + len(roadmap.hypotheses)
+    latents = len(roadmap.hypotheses) + len(roadmap.categories)
+    return sensitivity_inputs(roadmap) + len(roadmap.experiments) + latents

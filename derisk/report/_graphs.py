@@ -13,7 +13,7 @@ from pathlib import Path
 
 from derisk._numbers import fmt as _num
 from derisk.errors import DeriskError
-from derisk.graphs import Conditional, Roadmap
+from derisk.graphs import Roadmap, describe_p
 
 
 def _q(text: str) -> str:
@@ -27,10 +27,8 @@ def _m(text: str) -> str:
     return '"' + safe.replace("\n", "<br/>") + '"'
 
 
-def _p_text(e, hypotheses) -> str:
-    if isinstance(e.p, Conditional):
-        return f"p {e.p.then:.2f} if {e.p.hypothesis} else {e.p.otherwise:.2f}"
-    return f"p {float(e.p):.2f}"
+def _p_text(e, categories) -> str:
+    return f"p {describe_p(e.p, categories)}"
 
 
 def _cost_text(e, unit: str) -> str:
@@ -44,7 +42,7 @@ def _node_lines(roadmap: Roadmap) -> dict[str, list[str]]:
     unit = roadmap.unit_label()
     out = {}
     for e in roadmap.experiments:
-        lines = [e.id, _p_text(e, roadmap.hypotheses), _cost_text(e, unit)]
+        lines = [e.id, _p_text(e, roadmap.categories), _cost_text(e, unit)]
         if e.reward:
             lines.append(f"reward {_num(e.reward)}")
         out[e.id] = lines

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from derisk._numbers import fmt as _num
 from derisk.errors import DeriskError
-from derisk.graphs import Conditional, Roadmap
+from derisk.graphs import Roadmap, describe_p
 from derisk.planner import Solution, plan_report, whatif_report
 from derisk.planner._explain import explain
 from derisk.planner._sensitivity import Sensitivity
@@ -96,10 +96,7 @@ def _assumptions(roadmap: Roadmap, solution: Solution) -> list[str]:
     ]
     for e in roadmap.experiments:
         needs = " and ".join((c[0] if len(c) == 1 else "any of " + "/".join(c)) for c in e.requires)
-        if isinstance(e.p, Conditional):
-            p = f"{e.p.then:.2f} if {e.p.hypothesis}, else {e.p.otherwise:.2f}"
-        else:
-            p = f"{float(e.p):.3f}"
+        p = describe_p(e.p, roadmap.categories, digits=3 if isinstance(e.p, float) else 2)
         cost = _num(e.cost.median, unit)
         if e.cost.stochastic:
             cost += f" (p90 {_num(e.cost.p90, unit)})"

@@ -10,7 +10,6 @@ from derisk.scaling._backtest import (
     extrapolation_scale,
 )
 from derisk.scaling._data import RunData, load_runs_csv, run_data
-from derisk.scaling._estimate import SHIPPED_LAWS, TrainEstimate, estimate
 from derisk.scaling._fit import (
     FIT_DEGENERATE,
     FIT_NOT_CONVERGED,
@@ -48,10 +47,21 @@ from derisk.scaling._predict import (
     law_inputs,
     predict_loss,
     predict_points,
+    prob_beats,
+    prob_below_at,
     setting_mismatches,
     uses_active_params,
+    world_indices,
+    world_probs,
 )
 from derisk.scaling._remedy import REMEDIES, fit_calibrated, remedy_options
+from derisk.scaling._versions import (
+    LawVersion,
+    current_version,
+    law_versions,
+    list_laws,
+    save_version,
+)
 
 __all__ = [
     "FIT_DEGENERATE",
@@ -60,9 +70,13 @@ __all__ = [
     "HUBER_DELTA",
     "LAWS",
     "MAX_ROWS",
-    "SHIPPED_LAWS",
     "Allocation",
     "REMEDIES",
+    "LawVersion",
+    "current_version",
+    "law_versions",
+    "list_laws",
+    "save_version",
     "Backtest",
     "BacktestRow",
     "FitResult",
@@ -74,7 +88,6 @@ __all__ = [
     "PredictPoint",
     "Prediction",
     "RunData",
-    "TrainEstimate",
     "backtest",
     "backtest_table",
     "calibrate",
@@ -82,7 +95,6 @@ __all__ = [
     "check_law_destination",
     "diagnose",
     "effective_params",
-    "estimate",
     "extrapolation_scale",
     "fit_diagnostics",
     "fit_from_json",
@@ -101,6 +113,10 @@ __all__ = [
     "optimal_allocation",
     "predict_loss",
     "predict_points",
+    "prob_beats",
+    "prob_below_at",
+    "world_indices",
+    "world_probs",
     "remedy_options",
     "read_law_json",
     "run_data",

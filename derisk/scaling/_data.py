@@ -40,6 +40,7 @@ class RunData:
     granularity: np.ndarray
     source: str = "<data>"
     setting: dict[str, list[str]] = field(default_factory=dict)  # column -> value per run
+    params_col: str = "params"  # the file's column `params` came from (e.g. active_params)
 
     @property
     def n(self) -> int:
@@ -84,6 +85,7 @@ class RunData:
             "experts": sorted({float(x) for x in self.experts}),
             "granularity": sorted({float(x) for x in self.granularity}),
             "setting": training_setting(self.setting),
+            "params_col": self.params_col,
         }
 
     def subset(self, mask: np.ndarray) -> RunData:
@@ -94,6 +96,7 @@ class RunData:
             experts=self.experts[mask],
             granularity=self.granularity[mask],
             source=self.source,
+            params_col=self.params_col,
             setting={
                 k: [v for v, m in zip(vals, mask, strict=True) if m]
                 for k, vals in self.setting.items()
@@ -209,7 +212,9 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
         granularity=cols["granularity"],
         source=str(path),
     )
-    return dataclasses.replace(data, setting=setting)
+    return dataclasses.replace(
+        data, setting=setting, params_col=(columns or {}).get("params", "params")
+    )
 
 
 def _short(raw: str) -> str:

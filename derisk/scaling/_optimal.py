@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from scipy import optimize
 
+from derisk._flops import TRAINER_VOCAB, flops_per_token_from_params
 from derisk._paths import data_path
 from derisk.errors import DataError
 from derisk.scaling._data import RunData
@@ -19,18 +20,13 @@ from derisk.scaling._lawfile import fit_from_json, load_law_file
 
 
 def flops_per_token(
-    params: float | np.ndarray, *, seq_len: int = 2048, aspect: float = 128.0
+    params: float | np.ndarray, *, seq_len: int = 2048, vocab: int = TRAINER_VOCAB
 ) -> float | np.ndarray:
-    """Training FLOPs per token of a decoder with `params` non-embedding parameters.
-
-    6N for the weight matmuls (forward 2N, backward 4N) plus attention's score and value
-    products, 6 x n_layer x seq_len x d_model (Kaplan et al. 2020, table 1, times 3 for
-    forward + backward). The shape comes from N = 12 n_layer d_model^2 and a fixed aspect
-    ratio d_model = aspect x n_layer.
-    """
-    n_layer = np.cbrt(np.asarray(params, dtype=np.float64) / (12 * aspect**2))
-    d_model = aspect * n_layer
-    return 6.0 * params + 6.0 * n_layer * seq_len * d_model
+    """Training FLOPs per token of a decoder with `params` active non-embedding
+    parameters: derisk's one count (`derisk._flops`: weight matmuls, output head and
+    causal attention, forward + backward), on the usual aspect ratio d_model = 128 x
+    layers."""
+    return flops_per_token_from_params(params, seq_len=seq_len, vocab=vocab)
 
 
 @dataclass(frozen=True)
@@ -244,18 +240,23 @@ def load_law(name_or_path: str) -> FitResult:
     """A saved law by path, or by name from `laws_dir()`, then from the shipped laws.
 
     A name ending in `.json` is a path; any other is looked up by name first (so a law
-    saved as `v1.2` is found), then tried as a path. The file is checked against the law
+    saved as `v1.2` is found), then tried as a path. `NAME@K` loads version K of a law
+    (`derisk.scaling._versions`). The file is checked against the law
     schema (`LawFileError`, a DataError, names the file, the field and the fix).
     """
+    from derisk.scaling._versions import split_version, version_path
+
     text = str(name_or_path)
     if not text.endswith(".json"):
-        _check_law_name(text)
+        _check_law_name(split_version(text)[0])  # NAME@K: version K (scaling._versions)
     name = None
     if text.endswith(".json"):
         p = Path(text)
     else:
         name = text
         p = laws_dir() / f"{text}.json"
+        if not p.exists() and split_version(text)[1] is not None:
+            p = version_path(text) or p
         if not p.exists() and (packaged_laws_dir() / f"{text}.json").exists():
             p = packaged_laws_dir() / f"{text}.json"
         elif not p.exists() and Path(text).is_file():

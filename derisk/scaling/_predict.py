@@ -253,3 +253,71 @@ def predict_points(
         warnings=tuple(cautions),
         summary=summary,
     )
+
+
+def prob_beats(fit_a: FitResult, x_a: np.ndarray, fit_b: FitResult, x_b: np.ndarray) -> float:
+    """P(loss of run a < loss of run b) under the laws' joint predictive distribution.
+
+    Each run's log loss is its law's prediction under a bootstrap parameter sample plus
+    log-normal noise (run-to-run noise and, calibrated, the extrapolation error at its
+    inputs), the noises independent. Two runs under one law share its parameter sample
+    (the refits are the law's uncertainty, common to both): P = mean_k Phi((lb_k - la_k)
+    / s). Under two laws the samples are independent: the mean over every pair (k, l).
+    `x_a`, `x_b` are one row of log inputs (`law_inputs`).
+
+    Raises DataError when either law's prediction there is not finite.
+    """
+    B = 1 if fit_a.bootstrap is None else len(fit_a.bootstrap)
+    return float(world_probs(fit_a, x_a, np.arange(B), other=(fit_b, x_b)).mean())
+
+
+def prob_below_at(fit: FitResult, x: np.ndarray, threshold: float) -> float:
+    """P(loss < threshold) at one row of log inputs (calibrated, as `predict_loss`)."""
+    return float(fit.prob_below(x[:1], float(threshold))[0])
+
+
+def world_indices(fit: FitResult, worlds: int) -> np.ndarray:
+    """Which bootstrap samples stand for the law's `worlds` equally likely worlds: all of
+    them when there are at most `worlds`, else `worlds` evenly spaced ones."""
+    B = 1 if fit.bootstrap is None else len(fit.bootstrap)
+    if worlds >= B:
+        return np.arange(B)
+    return np.unique(np.linspace(0, B - 1, worlds).round().astype(int))
+
+
+def world_probs(
+    fit: FitResult,
+    x: np.ndarray,
+    worlds: np.ndarray,
+    *,
+    below: float | None = None,
+    other: tuple[FitResult, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(K,) P(success | world k) of a run at log inputs `x`, world k being the law's
+    bootstrap sample `worlds[k]`: with `below`, P(loss < below) under that sample's
+    prediction and the log-normal noise (run-to-run and calibrated extrapolation); with
+    `other` = (fit_b, x_b), P(loss < the other run's loss). Under one law the other run
+    shares the world; under another law its samples are averaged over (its own worlds
+    are not modelled jointly). The mean over all of a law's samples is `prob_below` /
+    `prob_beats`."""
+    from scipy import stats
+
+    def draws(f, xx):
+        thetas = f.bootstrap if f.bootstrap is not None else f.theta[None]
+        with np.errstate(all="ignore"):
+            lp = LAWS[f.law].log_predict(thetas, xx[:1])[:, 0]
+        if not np.all(np.isfinite(lp)):
+            raise DataError(_non_finite(f, xx[0]))
+        return lp, f.sigma_log**2 + float(f.extrapolation_sigma(xx[:1])[0]) ** 2
+
+    la, va = draws(fit, x)
+    la = la[worlds]
+    if other is None:
+        s = max(np.sqrt(va), 1e-12)
+        return stats.norm.cdf((np.log(below) - la) / s)
+    fit_b, x_b = other
+    lb, vb = draws(fit_b, x_b)
+    s = max(np.sqrt(va + vb), 1e-12)
+    if fit_b is fit:
+        return stats.norm.cdf((lb[worlds] - la) / s)
+    return stats.norm.cdf((lb[None, :] - la[:, None]) / s).mean(axis=1)
