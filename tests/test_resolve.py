@@ -430,3 +430,21 @@ def test_one_flop_count_for_the_trainer_the_roadmap_optimal_and_predict(tmp_path
     out = run_json("predict", "--d-model", "96", "--n-layer", "3", "--tokens", "1e6")
     dense = param_counts(ModelConfig(d_model=96, n_layer=3, n_head=4))["non_embedding"]
     assert out["predictions"][0]["params"] == dense
+
+
+def test_an_unknown_default_hardware_is_one_problem_at_its_line(tmp_path):
+    p = write(
+        tmp_path,
+        """\
+        budget: 100 gpu_hours
+        hardware: h1OO
+        mfu: 0.4
+        experiments:
+          - {id: a, train: {params: 1e9, tokens: 1e10}, p: 0.5, reward: 1}
+          - {id: b, train: {params: 2e9, tokens: 1e10}, p: 0.5, reward: 1}
+        """,
+    )
+    with pytest.raises(RoadmapError) as exc:
+        resolve(load_roadmap(p))
+    [prob] = exc.value.problems
+    assert (prob.line, prob.col) == (2, 11) and "h1OO" in prob.message and "h100" in prob.message

@@ -515,9 +515,7 @@ def plan(
         return
     out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
     print_context(inp)
-    table = estimates_table(inp.estimates, unit)
-    if table is not None:
-        out.print(table)
+    print_estimates(inp.estimates, unit)
     if approx:
         out.print(
             f"budget left {fmt(rep.budget_left, unit)} in steps of "

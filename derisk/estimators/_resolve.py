@@ -241,9 +241,13 @@ def resolve(
             key = getattr(exc, "key", None)
             if key == "hardware" and "hardware" not in spec.marks:  # the roadmap's default
                 mark = roadmap.compute.marks.get("hardware", spec.mark)
-            else:
-                mark = _mark_of(spec, key)
-            problems.append(_problem(roadmap, mark, f"`train` of experiment `{e.id}` {exc}"))
+                problem = _problem(roadmap, mark, f"`hardware`: {exc}")
+                if problem not in problems:  # once, not once per experiment using it
+                    problems.append(problem)
+                continue
+            problems.append(
+                _problem(roadmap, _mark_of(spec, key), f"`train` of experiment `{e.id}` {exc}")
+            )
             continue
         runs[e.id] = (spec, counts, flops, flops_from, cost, used)
 
