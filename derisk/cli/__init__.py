@@ -1,8 +1,9 @@
 """The `derisk` command line: parse, call one library function, render.
 
 One module per group of commands (`roadmap`: plan, whatif, simulate, validate, examples,
-record; `laws`: fit, optimal, predict; `runs`: train, sweep, runs) over `_output`, which
-holds the consoles, the JSON writer, the error choke point and the number formatter.
+record; `insight`: explain, sensitivity, graph, report; `laws`: fit, optimal, predict;
+`runs`: train, sweep, runs; `loop`: run, laws; `quiz`: quiz) over `_output`, which holds
+the consoles, the JSON writer, the error choke point and the number formatter.
 A user's mistake is one red line per problem and exit code 2; --debug shows the traceback.
 """
 
