@@ -448,3 +448,46 @@ def test_an_unknown_default_hardware_is_one_problem_at_its_line(tmp_path):
         resolve(load_roadmap(p))
     [prob] = exc.value.problems
     assert (prob.line, prob.col) == (2, 11) and "h1OO" in prob.message and "h100" in prob.message
+
+
+CATEGORICAL = """\
+budget: 30
+hypotheses:
+  arch: {a: 0.5, b: 0.3, c: 0.2}
+  stable: 0.6
+experiments:
+  - {id: probe, cost: 3, p: {if: arch, a: 0.9, b: 0.5, c: 0.1}}
+  - {id: pilot, cost: 5, p: {if: stable, then: 0.8, else: 0.2}}
+  - {id: big, after: [pilot], cost: 15, p: {if: arch, a: 0.8, b: 0.4, c: 0.05}, reward: 10}
+  - {id: alt, cost: 12, p: {if: stable, then: 0.7, else: 0.3}, reward: 4}
+"""
+
+
+def test_categorical_hypotheses_plan_like_brute_force_and_show_posteriors(tmp_path):
+    from derisk.planner import compile_roadmap, solve
+    from tests.reference import brute_force_value
+
+    p = write(tmp_path, CATEGORICAL)
+    r = load_roadmap(p)
+    assert r.categories == {"arch": {"a": 0.5, "b": 0.3, "c": 0.2}}
+    assert solve(compile_roadmap(r)).root_value == pytest.approx(brute_force_value(r), rel=1e-12)
+    assert run("record", p, "probe=failure").exit_code == 0
+    post = run_json("explain", p)["posteriors"]
+    # Bayes by hand: P(arch = v | probe failed) = prior(v) (1 - p_probe(v)) / sum
+    w = {"a": 0.5 * 0.1, "b": 0.3 * 0.5, "c": 0.2 * 0.9}
+    for v, x in w.items():
+        assert post[f"arch={v}"] == pytest.approx(x / sum(w.values()))
+    assert post["stable"] == pytest.approx(0.6)
+
+
+def test_categorical_mistakes_are_located(tmp_path):
+    bad = CATEGORICAL.replace("c: 0.2}\n  stable", "c: 0.1}\n  stable")
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(write(tmp_path, bad, "sum.yaml"))
+    [prob] = exc.value.problems  # one problem: the nodes using it are not blamed too
+    assert prob.line == 3 and "sum to 1" in prob.message
+    missing = CATEGORICAL.replace("b: 0.5, c: 0.1}", "b: 0.5}")
+    with pytest.raises(RoadmapError) as exc:
+        load_roadmap(write(tmp_path, missing, "missing.yaml"))
+    [prob] = exc.value.problems
+    assert prob.line == 6 and "missing: c" in prob.message

@@ -581,9 +581,9 @@ def _validate(data: Any, source: str) -> Roadmap:
             for key, value in hyp.items():
                 if isinstance(value, dict):
                     table = _categories(ck, value, hyp.value_marks.get(key), str(key))
+                    hyp_marks[str(key)] = hyp.key_marks.get(key)  # declared, even if bad
                     if table is not None:
                         categories[str(key)] = table
-                        hyp_marks[str(key)] = hyp.key_marks.get(key)
                     continue
                 prior = _probability(
                     ck, value, hyp.value_marks.get(key), f"prior of hypothesis `{key}`"
@@ -979,6 +979,10 @@ def _categories(ck, value, mark, name) -> dict[str, float] | None:
 
 def _p(ck, value, mark, what, hypotheses, hyp_marks, categories=None):
     categories = categories or {}
+    if isinstance(value, dict) and str(value.get("if")) in hyp_marks and not (
+        str(value.get("if")) in categories or str(value.get("if")) in hypotheses
+    ):
+        return 0.0  # its hypothesis is declared but invalid: reported there already
     if isinstance(value, dict) and str(value.get("if")) in categories:
         h = str(value["if"])
         ck.unknown_keys(value, ("if", *categories[h]), f"`p` of {what}")
