@@ -93,7 +93,7 @@ def remedied():
 def test_a_degenerate_fit_tries_every_remedy_and_keeps_the_best(remedied):
     data, fit, bt = remedied
     r = fit.remedy
-    assert set(r["candidates"]) == {"none", "e_floor", "prior", "power"}
+    assert set(r["candidates"]) == {"none", "e_floor", "prior", "power", "average"}
     errors = {k: v["backtest_mean_abs_log_error"] for k, v in r["candidates"].items()}
     assert r["chosen"] == min(errors, key=errors.get)
     # one candidate's score recomputed independently, from a fresh backtest of its options
@@ -167,3 +167,41 @@ def test_fit_save_by_name_keeps_the_previous_version(tmp_path, monkeypatch):
     assert kept["provenance"]["seed"] == 1 and now["provenance"]["seed"] == 2
     assert now["provenance"]["previous"]["version"] == 1
     assert load_law("mine@1").theta.tolist() == kept["theta"]
+
+
+def test_a_model_average_predicts_the_weighted_log_mean(tmp_path):
+    from derisk.scaling._remedy import average_fits
+
+    data = kaplan_data()
+    opts = {"none": {}, "e_floor": remedy_options("e_floor", data)}
+    fits = {n: fit_law(data, starts=8, bootstrap=4, **o) for n, o in opts.items()}
+    tests = {n: backtest(data, bootstrap=3, starts=8, options=o) for n, o in opts.items()}
+    avg, bt, weights = average_fits(fits, tests)
+    mse = {n: np.mean([r.log_error**2 for r in tests[n].rows]) for n in opts}
+    inv = {n: 1 / v for n, v in mse.items()}
+    for n in opts:
+        assert weights[n] == pytest.approx(inv[n] / sum(inv.values()))
+    # the law by hand: L = E + A / N^alpha + B / D^beta, members mixed in log space
+    N, D = 3e9, 3e11
+    logs = []
+    for n in opts:
+        p = fits[n].params
+        logs.append(
+            weights[n] * np.log(p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"])
+        )
+    from derisk.scaling import law_inputs
+
+    assert avg.predict(law_inputs("chinchilla", N, D))[0] == pytest.approx(np.exp(sum(logs)))
+    # its backtest: each held-out run's prediction is the same weighted log mean
+    row = bt.rows[0]
+    preds = {
+        n: next(
+            r for r in tests[n].rows if (r.by, r.cut, r.run) == (row.by, row.cut, row.run)
+        ).predicted
+        for n in opts
+    }
+    assert row.predicted == pytest.approx(np.exp(sum(weights[n] * np.log(preds[n]) for n in opts)))
+    back = load_law(str(save_law(avg, tmp_path / "avg.json")))
+    assert [w for w, _ in back.members] == pytest.approx([w for w, _ in avg.members])
+    X = law_inputs("chinchilla", N, D)
+    assert back.predict(X)[0] == pytest.approx(avg.predict(X)[0], rel=1e-12)

@@ -124,8 +124,8 @@ def fit(
         str,
         typer.Option(
             "--remedy",
-            help="With --backtest, for a degenerate fit: auto (try e_floor, prior and "
-            "power, keep the best by backtest error), none, or one of them.",
+            help="With --backtest, for a degenerate fit: auto (try e_floor, prior, power "
+            "and their average, keep the best by backtest error), none, or one of them.",
         ),
     ] = "auto",
     as_json: JsonOpt = False,
@@ -329,7 +329,9 @@ def _print_remedies(remedy: dict) -> None:
             fmt(p["alpha"]),
             fmt(p["beta"]),
             fmt(p["E"]),
-            ", ".join(c["flags"]) or "ok",
+            "weights " + ", ".join(f"{k} {v:.2f}" for k, v in c["weights"].items())
+            if "weights" in c
+            else ", ".join(c["flags"]) or "ok",
         )
     out.print(t)
 

@@ -81,6 +81,10 @@ class FitResult:
     backtest: dict | None = None  # Backtest.as_dict() of the same data and law
     calibration: dict | None = None  # the extrapolation-error term fitted from the backtest
     remedy: dict | None = None  # for a degenerate fit: the remedies tried and the one chosen
+    # a model average: ((weight, theta), ...) of one law form; the point prediction is the
+    # weighted mean of their log predictions, `bootstrap` their pooled refits, `theta` the
+    # heaviest member's (what `params` and allocation read)
+    members: tuple | None = None
 
     def intervals(self, level: float = 0.8) -> dict[str, tuple[float, float]]:
         """Central bootstrap intervals of the readable parameters."""
@@ -95,8 +99,12 @@ class FitResult:
         return {k: (float(np.quantile(v, lo)), float(np.quantile(v, hi))) for k, v in vals.items()}
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Point prediction of the loss at log inputs X (n, 3)."""
-        return np.exp(LAWS[self.law].log_predict(self.theta, X))
+        """Point prediction of the loss at log inputs X (n, 3); for a model average, the
+        weighted mean of its members' log predictions."""
+        law = LAWS[self.law]
+        if self.members:
+            return np.exp(sum(w * law.log_predict(np.asarray(t), X) for w, t in self.members))
+        return np.exp(law.log_predict(self.theta, X))
 
     def extrapolation_sigma(self, X: np.ndarray) -> np.ndarray:
         """(n,) log-scale sd of the calibrated extrapolation error at log inputs X: on

@@ -182,6 +182,23 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
             ck.fail("bootstrap", f"must be null or a non-empty list of refits, got {_kind(boot)}")
         rows = [ck.vector(r, f"bootstrap[{i}]", len(theta), names) for i, r in enumerate(boot)]
         boot = np.stack(rows)
+    members = d.get("members")
+    if members is not None:
+        if not isinstance(members, list) or len(members) < 2:
+            ck.fail(
+                "members", f"must be null or a list of 2+ [weight, theta], got {_kind(members)}"
+            )
+        parsed = []
+        for i, m in enumerate(members):
+            if not isinstance(m, list) or len(m) != 2:
+                ck.fail(f"members[{i}]", f"must be [weight, theta], got {_kind(m)}")
+            w = ck.number(m[0], f"members[{i}][0]", lo=0.0, hi=1.0)
+            t = ck.vector(m[1], f"members[{i}][1]", len(theta), names)
+            parsed.append((float(w), tuple(float(x) for x in t)))
+        total = sum(w for w, _ in parsed)
+        if not math.isclose(total, 1.0, rel_tol=1e-6):
+            ck.fail("members", f"weights must sum to 1, got {total:g}")
+        members = tuple(parsed)
     sigma = ck.number(d["sigma_log"], "sigma_log", lo=0.0, hi=MAX_SIGMA_LOG)
     n = ck.number(d["n"], "n", lo=1, integer=True)
     loss = ck.number(d["loss"], "loss", lo=0.0)
@@ -230,6 +247,7 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
         backtest=d.get("backtest"),
         calibration=d.get("calibration"),
         remedy=d.get("remedy"),
+        members=members,
     )
     _check_predictions(ck, fit)
     return fit

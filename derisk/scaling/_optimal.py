@@ -226,6 +226,7 @@ def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
         "backtest": fit.backtest,
         "calibration": fit.calibration,
         "remedy": fit.remedy,
+        "members": None if fit.members is None else [[w, list(t)] for w, t in fit.members],
         "data": fit.summary,
         "provenance": provenance or {},
     }

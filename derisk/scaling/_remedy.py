@@ -25,11 +25,12 @@ import warnings
 import numpy as np
 
 from derisk.errors import DataError, DeriskWarning
-from derisk.scaling._backtest import Backtest, backtest, calibrate
+from derisk.scaling._backtest import Backtest, backtest, backtest_table, calibrate
 from derisk.scaling._data import RunData
 from derisk.scaling._fit import FIT_DEGENERATE, FitResult, fit_law
 
 REMEDIES = ("none", "e_floor", "prior", "power")
+AVERAGE = "average"  # the forms averaged, weighted by their backtest accuracy
 PRIOR = (0.35, 0.15)  # mean, sd of alpha and beta
 E_FLOOR_FRACTION = 0.5  # e_floor: E >= this x the lowest observed loss
 POWER_E = 1e-9  # power: E held at this fraction of the lowest loss (0 to the fit)
@@ -47,6 +48,70 @@ def remedy_options(name: str, data: RunData) -> dict:
     if name == "power":
         return {"fix_E": POWER_E * lowest}
     raise ValueError(f"remedy must be one of {', '.join(REMEDIES)}, got {name!r}")
+
+
+def average_fits(fits: dict, tests: dict) -> tuple[FitResult, Backtest, dict]:
+    """A model average of fits of one law form, weighted by 1 / their backtest's mean
+    squared log error, and its backtest rebuilt from theirs (same cuts, same held-out
+    runs): point = the weighted mean of the members' log predictions, band = the weighted
+    mean of their log band ends (an approximation of the mixture's).
+
+    Returns (fit, backtest, {name: weight}).
+    """
+    names = list(fits)
+    mse = {n: float(np.mean([r.log_error**2 for r in tests[n].rows])) for n in names}
+    raw = {n: 1.0 / max(mse[n], 1e-300) for n in names}
+    total = sum(raw.values())
+    weights = {n: raw[n] / total for n in names}
+    heaviest = max(names, key=weights.get)
+    base = fits[heaviest]
+    members = tuple((weights[n], tuple(map(float, fits[n].theta))) for n in names)
+    pooled = None
+    if all(fits[n].bootstrap is not None for n in names):
+        # refits pooled in proportion to the weights (at least one from each member)
+        B = max(len(fits[n].bootstrap) for n in names)
+        rng = np.random.default_rng(0)
+        parts = []
+        for n in names:
+            k = max(1, int(round(weights[n] * B)))
+            parts.append(fits[n].bootstrap[rng.choice(len(fits[n].bootstrap), size=k)])
+        pooled = np.concatenate(parts)
+    sigma = float(np.sqrt(sum(weights[n] * fits[n].sigma_log ** 2 for n in names)))
+    fit = dataclasses.replace(
+        base,
+        members=members,
+        bootstrap=pooled,
+        sigma_log=sigma,
+        message=base.message + f"; averaged with {len(names) - 1} other form(s)",
+    )
+    keyed = {n: {(r.by, r.cut, r.run): r for r in tests[n].rows} for n in names}
+    common = set.intersection(*(set(k) for k in keyed.values()))
+    rows = []
+    for key in sorted(common, key=lambda k: (k[0], k[1], k[2])):
+        rs = {n: keyed[n][key] for n in names}
+        first = rs[names[0]]
+
+        def mean_log(attr, rs=rs):
+            return float(np.exp(sum(weights[n] * np.log(getattr(rs[n], attr)) for n in names)))
+
+        pred, lo, hi = mean_log("predicted"), mean_log("lo"), mean_log("hi")
+        lo, hi = min(lo, pred), max(hi, pred)
+        rows.append(
+            dataclasses.replace(
+                first,
+                predicted=pred,
+                log_error=float(np.log(first.observed) - np.log(pred)),
+                lo=lo,
+                hi=hi,
+                inside=bool(lo <= first.observed <= hi),
+            )
+        )
+    if not rows:
+        raise DataError("the forms' backtests share no held-out run to average over")
+    bt = dataclasses.replace(
+        tests[heaviest], law=base.law, rows=tuple(rows), table=tuple(backtest_table(rows))
+    )
+    return fit, bt, weights
 
 
 def backtest_error(bt: Backtest) -> float:
@@ -129,6 +194,20 @@ def fit_calibrated(
             "params": dict(f.params),
         }
     usable = [n for n in names if n in tests]
+    if remedy == "auto" and len(usable) >= 3:
+        fits[AVERAGE], tests[AVERAGE], weights = average_fits(
+            {n: fits[n] for n in usable}, {n: tests[n] for n in usable}
+        )
+        scores[AVERAGE] = {
+            "backtest_mean_abs_log_error": backtest_error(tests[AVERAGE]),
+            "backtest_coverage": float(np.mean([r.inside for r in tests[AVERAGE].rows])),
+            "status": fits[AVERAGE].status,
+            "flags": list(fits[AVERAGE].flags),
+            "params": dict(fits[AVERAGE].params),
+            "weights": weights,
+        }
+        usable.append(AVERAGE)
+        names.append(AVERAGE)
     chosen = min(usable, key=lambda n: (scores[n]["backtest_mean_abs_log_error"], n != "none"))
     fit, bt = fits[chosen], tests[chosen]
     try:
