@@ -696,22 +696,7 @@ def whatif(
     if png is not None:
         png = whatif_figure(w, roadmap, png, budget=left, left=bool(inp.outcomes))
     if as_json:
-        emit(
-            {
-                "roadmap": roadmap.name,
-                **inp.as_json(),
-                "unit": roadmap.unit,
-                "budget_left": left,
-                "budgets": w.budgets,
-                "value": w.value,
-                "p_reward": w.p_reward,
-                "expected_compute": w.expected_compute,
-                "first_action": w.first,
-                "changes": [float(w.budgets[k]) for k in w.changes],
-                "marginal_value": w.marginal,
-                "png": str(png) if png else None,
-            }
-        )
+        emit(_whatif_json(inp, w, left, png))
         return
     out.print(
         f"[bold]{escape(roadmap.name)}[/]: value against "
@@ -752,6 +737,25 @@ def whatif(
         out.print(f"figure saved to {escape(str(png))}")
 
 
+def _whatif_json(inp, w, left: float, png, **extra) -> dict:
+    """whatif's JSON, from either solver's WhatIf (`extra`: the approx solver's fields)."""
+    return {
+        "roadmap": inp.roadmap.name,
+        **inp.as_json(),
+        "unit": inp.roadmap.unit,
+        "budget_left": left,
+        "budgets": w.budgets,
+        "value": w.value,
+        "p_reward": w.p_reward,
+        "expected_compute": w.expected_compute,
+        "first_action": w.first,
+        "changes": [float(w.budgets[k]) for k in w.changes],
+        "marginal_value": w.marginal,
+        "png": str(png) if png else None,
+        **extra,
+    }
+
+
 def _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json) -> None:
     """whatif with the approximate solver: a few budget levels, each with its interval."""
     from derisk.figures import goal_of, whatif_figure
@@ -787,24 +791,8 @@ def _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json) -> None:
     if png is not None:
         png = whatif_figure(w, roadmap, png, budget=left, left=bool(inp.outcomes))
     if as_json:
-        emit(
-            {
-                "roadmap": roadmap.name,
-                **inp.as_json(),
-                "solver": "approx",
-                "unit": roadmap.unit,
-                "budget_left": left,
-                "budgets": w.budgets,
-                "value": w.value,
-                "bounds": [list(s_.bounds) for s_ in sols],
-                "p_reward": w.p_reward,
-                "expected_compute": w.expected_compute,
-                "first_action": w.first,
-                "changes": [float(w.budgets[k]) for k in w.changes],
-                "marginal_value": w.marginal,
-                "png": str(png) if png else None,
-            }
-        )
+        bounds = [list(s_.bounds) for s_ in sols]
+        emit(_whatif_json(inp, w, left, png, solver="approx", bounds=bounds))
         return
     out.print(
         f"[bold]{escape(roadmap.name)}[/]: value against "
