@@ -672,7 +672,7 @@ def _validate(data: Any, source: str) -> Roadmap:
         exp["pending"] = tuple(pending)
         exp["train_spec"] = exp["success_spec"] = None
         if train is not None and len(ck.problems) == before:
-            exp["train_spec"] = _train_spec(train, ivm.get("train"))
+            exp["train_spec"] = _train_spec(ck, train, ivm.get("train"))
         if success is not None and len(ck.problems) == before:
             exp["success_spec"] = _success_spec(success, ivm.get("success"))
 
@@ -833,8 +833,9 @@ def _mfu(ck, value, mark, what) -> tuple[float, float] | None:
     return (float(lo), float(hi))
 
 
-def _train_spec(train, mark) -> TrainSpec:
-    """A validated `train:` block as a TrainSpec that remembers where each key was."""
+def _train_spec(ck, train, mark) -> TrainSpec:
+    """A validated `train:` block (`_check_train` found no problem) as a TrainSpec that
+    remembers where each key was."""
     vm = train.value_marks
     kw = {}
     for k, v in train.items():
@@ -844,7 +845,7 @@ def _train_spec(train, mark) -> TrainSpec:
         if kind in ("name", str):
             kw[k] = str(v).strip()
         elif kind == "mfu":
-            kw[k] = _mfu(_Checker("<unused>"), v, None, "`mfu`")
+            kw[k] = _mfu(ck, v, vm.get(k), f"`train.{k}`")
         elif kind is int:
             kw[k] = int(_number(v))
         else:
