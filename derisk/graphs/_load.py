@@ -980,8 +980,10 @@ def _categories(ck, value, mark, name) -> dict[str, float] | None:
 
 def _p(ck, value, mark, what, hypotheses, hyp_marks, categories=None):
     categories = categories or {}
-    if isinstance(value, dict) and str(value.get("if")) in hyp_marks and not (
-        str(value.get("if")) in categories or str(value.get("if")) in hypotheses
+    if (
+        isinstance(value, dict)
+        and str(value.get("if")) in hyp_marks
+        and not (str(value.get("if")) in categories or str(value.get("if")) in hypotheses)
     ):
         return 0.0  # its hypothesis is declared but invalid: reported there already
     if isinstance(value, dict) and str(value.get("if")) in categories:
