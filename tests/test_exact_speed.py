@@ -74,3 +74,52 @@ def test_deterministic_cost_path_matches_the_general_backup():
         sol = solve(pr)
         ev = evaluate_policy(pr, sol.space, sol.policy, channels=("value",))
         np.testing.assert_allclose(ev["value"], sol.values, atol=1e-9)
+
+
+def _mask_model_cases():
+    from derisk.planner._states import decode  # noqa: F401  (the reference codec)
+
+    rs = generated_roadmaps(24, max_nodes=12)
+    # the fast path's edge: 31 experiments (one int64 code), with OR-groups and hypotheses
+    rs.append(random_roadmap(31, seed=5, density=0.15, rewards=3, hypotheses=2, any_groups=0.5))
+    return [compile_roadmap(r) for r in rs]
+
+
+def test_bit_mask_collapsing_matches_the_status_array_rules():
+    """`_masks.canonical` / `available` against `_states.canonicalize` / `available` on
+    random statuses (any mix of untried, succeeded, failed, dead), and the mask codec
+    against `encode`."""
+    from derisk.planner import _masks
+
+    rng = np.random.default_rng(7)
+    for pr in _mask_model_cases():
+        status = rng.integers(0, 4, size=(400, pr.n)).astype(np.int8)
+        codes = encode(status)
+        U, S, F = _masks.to_masks(codes, pr.n)
+        assert np.array_equal(U, (status == UNTRIED) @ (1 << np.arange(pr.n)))
+        assert np.array_equal(_masks.to_codes(U, S, F, pr.n), codes)
+        model = _masks.MaskModel.of(pr)
+        got = _masks.canonical(model, U, S, F)
+        ref = canonicalize(pr, status)
+        assert np.array_equal(_masks.to_codes(*got, pr.n), encode(ref))
+        runnable = _masks.available(model, got[0], got[1])
+        bits = ((runnable[:, None] >> np.arange(pr.n)) & 1).astype(bool)
+        assert np.array_equal(bits, available(pr, ref))
+        assert np.array_equal(_masks.popcount(got[0]), (ref == UNTRIED).sum(axis=1))
+
+
+def test_bit_mask_enumeration_matches_the_reference_enumeration():
+    """The same state space, field for field, from the mask path and the status-array
+    path, on roadmaps larger than the state-by-state search can afford."""
+    rs = generated_roadmaps(12, max_nodes=14)[6:]
+    rs += [
+        random_roadmap(13, seed=s, hypotheses=2, stochastic_costs=0.3, any_groups=0.4)
+        for s in (2, 3)
+    ]
+    rs.append(random_roadmap(18, seed=1, density=0.15, rewards=18))  # 6,752 states
+    for r in rs:
+        pr = compile_roadmap(r)
+        fast, ref = enumerate_states(pr), enumerate_states(pr, fast=False)
+        for field in ("codes", "status", "untried", "avail", "p", "succ_s", "succ_f", "succ_d"):
+            assert np.array_equal(getattr(fast, field), getattr(ref, field)), field
+        assert fast.root == ref.root and fast.size >= 30

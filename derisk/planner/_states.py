@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from derisk.errors import ProblemTooLarge
+from derisk.planner._masks import MAX_NODES as MASK_FAST_NODES
+from derisk.planner._masks import MaskModel, popcount, to_codes, to_masks
+from derisk.planner._masks import available as mask_available
+from derisk.planner._masks import canonical as canonical_masks
 from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED, PlanningProblem
 
 _POW4 = 4 ** np.arange(32, dtype=np.int64)
@@ -234,6 +238,19 @@ BYTES_PER_STATE_LEVEL = 30
 BYTES_PER_STATE_NODE = 42
 OVERHEAD_BYTES = 64 * 2**20  # block temporaries of the backups (a few MB each) and slack
 ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerating
+ENUM_CHUNK_MASKS = 1 << 18  # the same with bit masks: (pairs,) int64 temporaries, 2 MB each
+
+
+def _successors_masks(model, masks, rows, nodes, outcome):
+    """Codes and untried counts of the canonical successors of (state, node) pairs, each
+    with its outcome (SUCCESS, FAILED or DEAD)."""
+    U, S, F = (m[rows] for m in masks)
+    bit = np.int64(1) << nodes.astype(np.int64)
+    U &= ~bit
+    S |= bit * (outcome == SUCCESS)
+    F |= bit * (outcome == FAILED)
+    U, S, F = canonical_masks(model, U, S, F)
+    return to_codes(U, S, F, model.n), popcount(U)
 
 
 def estimate_bytes(states: int, levels: int, n: int) -> int:
@@ -260,6 +277,7 @@ def enumerate_states(
     max_states: int = 2_000_000,
     max_bytes: int = 8 * 2**30,
     limit_bytes: int | None = None,
+    fast: bool = True,
 ) -> StateSpace:
     """Enumerate reachable canonical states layer by layer (vectorised).
 
@@ -267,6 +285,7 @@ def enumerate_states(
     estimate passes `max_bytes`, before anything large is allocated (and before
     enumerating at all when one state's budget levels alone are over). `limit_bytes`
     is the user's limit, when `max_bytes` is what is left of it, for the message.
+    `fast=False` uses the (F, n) status-array rules at every size (the reference).
     """
     n = problem.n
 
@@ -293,6 +312,10 @@ def enumerate_states(
     trans = []  # (layer position, node, codes of s/f/d successors)
     total = 0
     u = max(pending)
+    # Up to 31 experiments the states are handled as bit masks (`_masks`); past that,
+    # as (F, n) status arrays (the reference rules, which the fast path is tested against).
+    model = MaskModel.of(problem) if fast and n <= MASK_FAST_NODES else None
+    chunk = ENUM_CHUNK_MASKS if model is not None else ENUM_CHUNK
     while u >= 0:
         if u not in pending:
             u -= 1
@@ -303,24 +326,34 @@ def enumerate_states(
         if total > max_states or need > max_bytes:
             raise too_large(total, need)
         status = decode(codes, n)
-        rows, nodes = np.nonzero(available(problem, status))  # every (state, node) pair
-        # One canonicalisation per outcome for the whole layer (in chunks that bound the
-        # (pairs, n) temporaries), not one per node: the Python overhead is per call.
-        outs = []
-        for outcome in (SUCCESS, FAILED, DEAD):
-            sel = np.arange(len(rows)) if outcome != DEAD else np.flatnonzero(stochastic[nodes])
-            c_all = np.empty(len(sel), dtype=codes.dtype)
-            for lo in range(0, len(sel), ENUM_CHUNK):
-                part = sel[lo : lo + ENUM_CHUNK]
+        if model is not None:
+            masks = to_masks(codes, n)
+            runnable = mask_available(model, masks[0], masks[1])
+            rows, nodes = np.nonzero((runnable[:, None] >> np.arange(n)) & 1)
+        else:
+            rows, nodes = np.nonzero(available(problem, status))  # every (state, node) pair
+        # Every (state, node, outcome) triple of the layer canonicalised together (in
+        # chunks that bound the temporaries), not one call per node or outcome: the
+        # Python overhead is per call.
+        P = len(rows)
+        sels = (np.arange(P), np.arange(P), np.flatnonzero(stochastic[nodes]))
+        pair = np.concatenate(sels)
+        outcome = np.repeat(np.array([SUCCESS, FAILED, DEAD], dtype=np.int8), [P, P, len(sels[2])])
+        c_all = np.empty(len(pair), dtype=codes.dtype)
+        for lo in range(0, len(pair), chunk):
+            part, out = pair[lo : lo + chunk], outcome[lo : lo + chunk]
+            if model is not None:
+                c, k = _successors_masks(model, masks, rows[part], nodes[part], out)
+            else:
                 nxt = status[rows[part]]
-                nxt[np.arange(len(part)), nodes[part]] = outcome
+                nxt[np.arange(len(part)), nodes[part]] = out
                 nxt = canonicalize(problem, nxt)
                 c = encode(nxt)
-                c_all[lo : lo + len(part)] = c
                 k = (nxt == UNTRIED).sum(axis=1)
-                for kk in np.unique(k):
-                    pending.setdefault(int(kk), []).append(c[k == kk])
-            outs.append((sel, c_all))
+            c_all[lo : lo + len(part)] = c
+            for kk in np.unique(k):
+                pending.setdefault(int(kk), []).append(c[k == kk])
+        outs = [(sels[0], c_all[:P]), (sels[1], c_all[P : 2 * P]), (sels[2], c_all[2 * P :])]
         layers_codes.append(codes)
         layers_status.append(status)
         trans.append((rows, nodes, outs))
