@@ -123,3 +123,53 @@ def test_bit_mask_enumeration_matches_the_reference_enumeration():
         for field in ("codes", "status", "untried", "avail", "p", "succ_s", "succ_f", "succ_d"):
             assert np.array_equal(getattr(fast, field), getattr(ref, field)), field
         assert fast.root == ref.root and fast.size >= 30
+
+
+def test_compiled_solver_matches_the_numpy_solver():
+    """`_fused` (XLA) against the numpy backward induction on roadmaps with every
+    feature (stochastic costs and cut-offs, hypotheses, OR-groups, a compute price), in
+    chunks small enough that layers span several: the same values, and its policy is
+    worth them (evaluated exactly by the general backup)."""
+    from derisk.planner._exact import solve_exact
+    from derisk.planner._fused import solve_fused
+
+    rs = generated_roadmaps(12, max_nodes=10)[3:]
+    rs.append(random_roadmap(12, seed=4, hypotheses=2, stochastic_costs=0.4, compute_price=0.3))
+    for r in rs:
+        pr = compile_roadmap(r)
+        space = enumerate_states(pr)
+        V, pol = solve_exact(pr, space, engine="numpy")
+        Vx, polx = solve_fused(pr, space, chunk=2 * pr.n)
+        np.testing.assert_allclose(Vx, V, atol=1e-9, rtol=0)
+        assert (
+            polx.dtype == np.int8
+            and (
+                (polx < 0) | space.avail[np.arange(space.size)[:, None], np.maximum(polx, 0)]
+            ).all()
+        )
+        ev = evaluate_policy(pr, space, polx, channels=("value",))
+        np.testing.assert_allclose(ev["value"], V, atol=1e-9, rtol=0)
+
+
+def test_compiled_solver_chunks_hold_whole_states_of_one_layer():
+    from derisk.planner._fused import chunk_layout
+
+    pr = compile_roadmap(random_roadmap(12, seed=4, hypotheses=2, stochastic_costs=0.4))
+    space = enumerate_states(pr)
+    st, _ = np.nonzero(space.avail)
+    chunk = 2 * pr.n
+    order, slot, n_chunks = chunk_layout(space.untried, st, chunk, pr.n)
+    assert sorted(order) == list(range(len(st))) and len(set(slot)) == len(slot)
+    assert slot.max() < n_chunks * chunk
+    cid = slot // chunk
+    states = st[order]
+    for c in np.unique(cid):
+        assert len(np.unique(space.untried[states[cid == c]])) == 1  # one layer
+    for s in np.unique(st):  # a state's pairs all in one chunk
+        assert len(np.unique(cid[states == s])) == 1
+    # chunks come in layer order: a chunk never precedes one of a lower layer
+    first_layer = [space.untried[states[cid == c][0]] for c in np.unique(cid)]
+    assert first_layer == sorted(first_layer)
+    assert n_chunks > len(np.unique(space.untried[st]))  # some layer spans chunks
+    with pytest.raises(ValueError, match="must hold"):
+        chunk_layout(space.untried, st, pr.n, pr.n)

@@ -21,10 +21,17 @@ def _block_rows(levels: int) -> int:
 
 
 TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
+FUSED_MIN_WORK = 1 << 27  # pairs x levels past which the compiled solver pays (`_fused`)
 
 
-def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None, *, threads=None):
+def solve_exact(
+    problem: PlanningProblem, space: StateSpace, progress=None, *, threads=None, engine="auto"
+):
     """Optimal values (S, L) and policy (S, L) int8 (-1 = stop) for every budget level.
+
+    engine: "numpy" (this function's own loop, the reference), "xla" (`_fused`: the same
+    induction compiled into fused loops, 2-2.5x faster past a second of compilation), or
+    "auto": xla past `FUSED_MIN_WORK` (state, experiment) pairs x levels.
 
     States with fewer untried nodes are solved first; every successor of a state lies
     in an earlier layer, so one pass is exact (no iteration to convergence). The blocks
@@ -33,6 +40,14 @@ def solve_exact(problem: PlanningProblem, space: StateSpace, progress=None, *, t
     releases the GIL inside each block's array operations.
     """
     S, L = space.size, problem.levels + 1
+    if engine not in ("auto", "numpy", "xla"):
+        raise ValueError(f"engine must be auto, numpy or xla, got {engine!r}")
+    if engine == "auto":
+        engine = "xla" if space.pairs * L >= FUSED_MIN_WORK else "numpy"
+    if engine == "xla":
+        from derisk.planner._fused import solve_fused
+
+        return solve_fused(problem, space, progress)
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit

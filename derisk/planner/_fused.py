@@ -1,0 +1,186 @@
+"""The exact backward induction as one compiled loop (XLA), for large state spaces.
+
+The same algorithm as `_exact.solve_exact` (one pass over the layers of the state space,
+fewest untried experiments first), written so that XLA fuses each step: the numpy solver
+makes ~13 passes over every (state, experiment, budget level) element (gather the two
+successor rows, the Bellman arithmetic, compare, max, scatter); here the (state,
+experiment) pairs are processed in chunks of `CHUNK` pairs by a `fori_loop`, and each
+chunk's gathers, arithmetic and reductions run as a few fused loops. On a 2-core CPU this
+is 2-2.5x faster than the numpy solver on the benchmark's large cases (BENCHMARKS.md),
+after a compilation of about a second, so `solve_exact` uses it only past
+`_exact.FUSED_MIN_WORK` pair-levels.
+
+Chunks hold whole states and never cross a layer, so a chunk reads only values that are
+final (earlier layers) and writes only its own states' rows: a state's value is the max
+over its pairs (scatter-max onto 0, the value of stopping), then its action is the
+lowest-indexed experiment within `TIE` of that value (stop when the value is within
+`TIE` of 0). That is the JAX sweep solver's rule; the numpy solver's sequential rule
+(a later experiment replaces an earlier one only if better by `TIE`) can differ from it
+only among actions within a few `TIE` of each other, and the values agree to rounding.
+`tests/test_exact_speed.py` checks values and policies against the numpy solver.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from derisk.planner._exact import TIE
+from derisk.planner._problem import PlanningProblem
+from derisk.planner._states import StateSpace
+
+CHUNK = 1024  # (state, experiment) pairs per step: (CHUNK, levels) temporaries, ~1.6 MB
+STEPS_PER_CALL = 512  # chunks per compiled call: the progress bar moves between calls
+NO_ACTION = 127
+
+
+def _x64():
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64  # older jax
+
+    return enable_x64()
+
+
+def chunk_layout(untried: np.ndarray, st: np.ndarray, chunk: int, n: int):
+    """Place row-major (state, experiment) pairs into chunks of `chunk` slots.
+
+    Pairs are ordered by layer (untried count, stable), a state's pairs stay together,
+    and no chunk holds two layers. Returns (order, slot, n_chunks): pair order[k] goes
+    to flat slot slot[k] of an (n_chunks * chunk) layout.
+    """
+    if chunk < 2 * n:
+        raise ValueError(f"chunk {chunk} must hold at least 2 x {n} pairs")
+    order = np.argsort(untried[st], kind="stable")
+    st_o = st[order]
+    layer = untried[st_o]
+    P = len(st_o)
+    if P == 0:
+        return order, np.zeros(0, dtype=np.int64), 0
+    new_layer = np.r_[True, layer[1:] != layer[:-1]]
+    new_state = np.r_[True, st_o[1:] != st_o[:-1]]
+    layer_start = np.flatnonzero(new_layer)
+    layer_id = np.cumsum(new_layer) - 1
+    pos_in_layer = np.arange(P) - layer_start[layer_id]
+    # A state goes to the chunk its first pair's position falls in, on a grid of
+    # `chunk - n + 1` slots, so a chunk's states (at most n pairs each) always fit.
+    step = chunk - n + 1
+    first = np.maximum.accumulate(np.where(new_state, np.arange(P), 0))  # state's 1st pair
+    local = pos_in_layer[first] // step
+    layer_sizes = np.diff(np.r_[layer_start, P])
+    per_layer = -(-layer_sizes // step)
+    offset = np.r_[0, np.cumsum(per_layer)[:-1]]
+    cid = offset[layer_id] + local
+    chunk_first = np.full(int(per_layer.sum()), P, dtype=np.int64)
+    np.minimum.at(chunk_first, cid, np.arange(P))
+    slot = cid * chunk + (np.arange(P) - chunk_first[cid])
+    return order, slot, int(per_layer.sum())
+
+
+def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, chunk=CHUNK):
+    """Optimal values (S, L) float64 and policy (S, L) int8 (-1 = stop)."""
+    S, L, n = space.size, problem.levels + 1, problem.n
+    st, node = np.nonzero(space.avail)
+    order, slot, n_chunks = chunk_layout(space.untried, st, chunk, n)
+    st, node = st[order], node[order]
+    tot = n_chunks * chunk
+    firsts = np.r_[True, st[1:] != st[:-1]] if len(st) else np.zeros(0, dtype=bool)
+    states_per_chunk = np.bincount(slot[firsts] // chunk, minlength=n_chunks)
+
+    def laid(values, fill, dtype):
+        out = np.full(tot, fill, dtype=dtype)
+        out[slot] = values
+        return out
+
+    stochastic = any(len(c) > 1 for c in problem.cost_units)
+    pairs = dict(
+        st=laid(st, S, np.int32),  # row S: a dummy state that stays 0
+        node=laid(node, 0, np.int32),
+        ss=laid(space.succ_s[st, node], S, np.int32),
+        sf=laid(space.succ_f[st, node], S, np.int32),
+    )
+    if stochastic:
+        d = space.succ_d[st, node]
+        pairs["sd"] = laid(np.where(d < 0, S, d), S, np.int32)
+    if problem.hypotheses:
+        pairs["p"] = laid(space.p[st, node], 0.0, np.float64)
+    del st, node, order
+    slot = None  # free the (pairs,) temporaries before the (S, L) arrays exist
+    K = max(len(c) for c in problem.cost_units)
+    cu = np.zeros((n, K), dtype=np.int32)
+    cq = np.zeros((n, K))
+    for i, (c, q) in enumerate(zip(problem.cost_units, problem.cost_probs, strict=True)):
+        cu[i, : len(c)], cq[i, : len(c)] = c, q
+    consts = dict(
+        cu=cu,
+        cq=cq,
+        lo=np.asarray(problem.min_cost, dtype=np.int32),
+        reward=np.asarray(problem.reward, dtype=np.float64),
+        p_node=np.asarray(problem.p_table[:, 0], dtype=np.float64),
+    )
+    price = -float(problem.price_per_unit)
+    with _x64():
+        dev = {k: jnp.asarray(v) for k, v in pairs.items()}
+        cst = {k: jnp.asarray(v) for k, v in consts.items()}
+        del pairs
+        V = jnp.zeros((S + 1, L), dtype=jnp.float64)
+        pol = jnp.full((S + 1, L), NO_ACTION, dtype=jnp.int8)
+        for a in range(0, n_chunks, STEPS_PER_CALL):
+            b = min(a + STEPS_PER_CALL, n_chunks)
+            V, pol = _steps(V, pol, dev, cst, a, b, chunk=chunk, L=L, K=K, price=price)
+            if progress is not None:
+                progress(int(states_per_chunk[a:b].sum()))
+        pol = jax.block_until_ready(_finish(pol))
+        # Views of the XLA buffers on a CPU (no copy); read-only, like every solution.
+        values = np.asarray(V)[:S]
+        policy = np.asarray(pol)[:S]
+    if progress is not None:  # the states with nothing to run (no pairs)
+        progress(S - int(states_per_chunk.sum()))
+    return values, policy
+
+
+@partial(jax.jit, donate_argnums=0)
+def _finish(pol):
+    return jnp.where(pol == NO_ACTION, jnp.int8(-1), pol)  # in place (donated)
+
+
+@partial(jax.jit, static_argnames=("chunk", "L", "K", "price"), donate_argnums=(0, 1))
+def _steps(V, pol, dev, cst, start, stop, *, chunk, L, K, price):
+    lv = jnp.arange(L)
+    dummy = V.shape[0] - 1
+
+    def body(k, carry):
+        V, pol = carry
+        sl = lambda a: lax.dynamic_slice_in_dim(a, k * chunk, chunk)  # noqa: E731
+        st, nd, ss, sf = sl(dev["st"]), sl(dev["node"]), sl(dev["ss"]), sl(dev["sf"])
+        p = sl(dev["p"]) if "p" in dev else cst["p_node"][nd]
+        R = cst["reward"][nd]
+        cont = (R[:, None] + V[ss]) * p[:, None] + V[sf] * (1.0 - p)[:, None]  # (C, L)
+        if K == 1:
+            c = cst["cu"][nd, 0]
+            idx = lv[None, :] - c[:, None]
+            q = jnp.take_along_axis(cont, jnp.maximum(idx, 0), axis=1)
+            if price:
+                q = q + price * c[:, None]
+        else:
+            vd0 = V[sl(dev["sd"]), 0] if "sd" in dev else jnp.zeros(chunk)
+            q = jnp.zeros((chunk, L))
+            for j in range(K):
+                c = cst["cu"][nd, j]
+                idx = lv[None, :] - c[:, None]
+                val = jnp.take_along_axis(cont, jnp.maximum(idx, 0), axis=1) + price * c[:, None]
+                cut = vd0[:, None] + price * lv[None, :]
+                q = q + cst["cq"][nd, j][:, None] * jnp.where(idx >= 0, val, cut)
+        ok = (lv[None, :] >= cst["lo"][nd][:, None]) & (st != dummy)[:, None]
+        q = jnp.where(ok, q, -jnp.inf)
+        V = V.at[st].max(q)
+        v = V[st]
+        pick = (q >= v - TIE) & (v > TIE)
+        pol = pol.at[st].min(jnp.where(pick, nd[:, None], NO_ACTION).astype(jnp.int8))
+        return V, pol
+
+    return lax.fori_loop(start, stop, body, (V, pol))
