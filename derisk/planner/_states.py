@@ -241,6 +241,15 @@ ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerat
 ENUM_CHUNK_MASKS = 1 << 18  # the same with bit masks: (pairs,) int64 temporaries, 2 MB each
 
 
+def _unique(codes: np.ndarray) -> np.ndarray:
+    """Sorted distinct codes. For int64, a sort and a neighbour compare: numpy's own
+    `unique` hashes integers, 3-8x slower than this past ~10^5 distinct codes."""
+    if codes.dtype != np.int64:
+        return np.unique(codes)
+    codes = np.sort(codes)
+    return codes[np.r_[True, codes[1:] != codes[:-1]]] if len(codes) else codes
+
+
 def _successors_masks(model, masks, rows, nodes, outcome):
     """Codes and untried counts of the canonical successors of (state, node) pairs, each
     with its outcome (SUCCESS, FAILED or DEAD)."""
@@ -320,7 +329,7 @@ def enumerate_states(
         if u not in pending:
             u -= 1
             continue
-        codes = np.unique(np.concatenate(pending.pop(u)))
+        codes = _unique(np.concatenate(pending.pop(u)))
         total += len(codes)
         need = estimate_bytes(total, problem.levels, n)
         if total > max_states or need > max_bytes:
