@@ -388,6 +388,7 @@ def test_llm_at_scale_prices_runs_on_h100s_by_hand():
         assert e["law"] == "chinchilla"
         assert max(e["extrapolation"].values()) < 3  # within the law's data: no warning
         n = layers * (4 * d * d + 3 * d * round(8 / 3 * d / 16) * 16 + 2 * d) + d  # + norms
+        n += 2 * 32000 * d  # chinchilla counts total parameters: embeddings, output layer
         want = predict_loss(load_law("chinchilla"), float(n), tokens, below=e["loss_below"])
         assert e["p"] == pytest.approx(want.p_below)
     plan = run_json("plan", example_path("llm-at-scale"))

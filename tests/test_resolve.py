@@ -491,3 +491,57 @@ def test_categorical_mistakes_are_located(tmp_path):
         load_roadmap(write(tmp_path, missing, "missing.yaml"))
     [prob] = exc.value.problems
     assert prob.line == 6 and "missing: c" in prob.message
+
+
+def test_a_total_parameter_law_is_given_total_parameters(tmp_path):
+    """Hoffmann et al. count every parameter, embeddings and output layer included (Kaplan
+    et al. count non-embedding ones; Pearce & Song 2024), so the shipped `chinchilla`
+    law (`params_kind: total`) must be fed the total count, while derisk's own CPU laws
+    take the non-embedding count they were fitted on."""
+    from derisk.scaling import law_inputs, load_law, prob_below_at
+
+    def prob_below(law, params, tokens, below):
+        return prob_below_at(law, law_inputs(law.law, params, tokens), below)
+
+    p = write(
+        tmp_path,
+        """\
+        budget: 1e22 flops
+        experiments:
+          - id: big
+            train: {d_model: 2048, layers: 24, vocab: 32000, tokens: 2.6e10}
+            success: {loss_below: 2.48, law: chinchilla}
+            reward: 1
+          - id: sized
+            train: {params: 1.2e9, tokens: 2.6e10}
+            p: 0.5
+            reward: 1
+        """,
+    )
+    res = resolve(load_roadmap(p))
+    d, layers, vocab = 2048, 24, 32000
+    ff = round(8 / 3 * d / 16) * 16  # SwiGLU width, as the trainer rounds it
+    non_embedding = layers * (4 * d * d + 3 * d * ff + 2 * d) + d
+    total = non_embedding + 2 * vocab * d  # input embedding and untied output layer
+    est = res.estimates["big"]
+    assert est.params == pytest.approx(total, rel=1e-12)
+    assert est.law_data["params_kind"] == "total"
+    law = load_law("chinchilla")
+    assert est.p == pytest.approx(prob_below(law, total, 2.6e10, 2.48), rel=1e-9)
+    assert est.p != pytest.approx(prob_below(law, non_embedding, 2.6e10, 2.48), rel=1e-3)
+    # a size without a shape cannot be turned into a total count: located, with the fix
+    bad = write(
+        tmp_path,
+        """\
+        budget: 1e22 flops
+        experiments:
+          - id: sized
+            train: {params: 1.2e9, tokens: 2.6e10}
+            success: {loss_below: 2.48, law: chinchilla}
+            reward: 1
+        """,
+        name="bad.yaml",
+    )
+    out = run("validate", bad)
+    assert out.exit_code == 2 and "bad.yaml:4:" in out.stderr
+    assert "total parameter counts" in out.stderr and "d_model" in out.stderr

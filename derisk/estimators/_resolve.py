@@ -118,7 +118,9 @@ def shape_of(spec: TrainSpec) -> Shape | None:
 
 
 def counted_params(spec: TrainSpec) -> dict[str, float]:
-    """{"params", "active_params"} (non-embedding): as given, else counted from the shape.
+    """{"params", "active_params"} (non-embedding): as given, else counted from the shape;
+    with a shape also {"total_params", "total_active_params"} (embeddings and output
+    head included), for laws fitted on total counts (Hoffmann et al.'s convention).
 
     Raises ValueError for a spec that gives neither, or a count that disagrees with its
     own shape.
@@ -131,6 +133,7 @@ def counted_params(spec: TrainSpec) -> dict[str, float]:
             "params": float(c["non_embedding"]),
             "active_params": float(c["non_embedding_active"]),
         }
+        totals = {"total_params": float(c["total"]), "total_active_params": float(c["active"])}
     for key in ("params", "active_params"):
         given = getattr(spec, key)
         if given is None:
@@ -152,7 +155,21 @@ def counted_params(spec: TrainSpec) -> dict[str, float]:
             "needs its size: `params` (or `active_params` for an MoE), or its shape "
             "`d_model` and `layers`"
         )
+    if shape is not None:
+        out.update(totals)
     return out
+
+
+def law_params_key(fit) -> str:
+    """Which count of `counted_params` a law takes as N: active or not, and non-embedding
+    (derisk's own runs) or total (`params_kind: total` in the law's data, e.g. chinchilla:
+    Hoffmann et al. count embeddings, Kaplan et al. do not)."""
+    from derisk.scaling import uses_active_params
+
+    active = uses_active_params(fit)
+    if (fit.summary or {}).get("params_kind") == "total":
+        return "total_active_params" if active else "total_params"
+    return "active_params" if active else "params"
 
 
 def run_flops(spec: TrainSpec) -> tuple[float, str]:
@@ -253,15 +270,21 @@ def resolve(
 
     def predict(eid: str, law: str | None):
         """(law name, fit, log inputs, Prediction) of experiment eid's run."""
-        from derisk.scaling import law_inputs, load_law, predict_loss, uses_active_params
+        from derisk.scaling import law_inputs, load_law, predict_loss
 
         spec, counts = runs[eid][0], runs[eid][1]
         name = law_name(spec, law)
         if name not in laws:
             laws[name] = load_law(name)
         fit = laws[name]
-        want = "active_params" if uses_active_params(fit) else "params"
+        want = law_params_key(fit)
         n = counts.get(want)
+        if n is None and want.startswith("total"):
+            raise SpecError(
+                f"uses the law `{name}`, fitted on total parameter counts (embeddings and "
+                "output layer included): give the run's shape (`d_model`, `layers`, "
+                "`vocab`) so derisk can count them"
+            )
         if n is None:
             raise SpecError(
                 f"needs `{want}` ({'active' if want == 'active_params' else 'total'} "
@@ -332,7 +355,10 @@ def resolve(
             est.update(
                 law=name,
                 loss_unit=summary.get("loss_unit"),
-                law_data={k: summary.get(k) for k in ("runs", "params", "tokens", "source")},
+                law_data={
+                    **{k: summary.get(k) for k in ("runs", "params", "tokens", "source")},
+                    "params_kind": summary.get("params_kind") or "non_embedding",
+                },
                 params=pr.params,
                 tokens=pr.tokens,
                 loss=pr.loss,
