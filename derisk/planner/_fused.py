@@ -31,7 +31,7 @@ from jax import lax
 
 from derisk.planner._exact import TIE
 from derisk.planner._problem import PlanningProblem
-from derisk.planner._states import StateSpace
+from derisk.planner._states import StateSpace, _release_freed_memory
 
 CHUNK = 1024  # (state, experiment) pairs per step: (CHUNK, levels) temporaries, ~1.6 MB
 STEPS_PER_CALL = 512  # chunks per compiled call: the progress bar moves between calls
@@ -127,6 +127,7 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         dev = {k: jnp.asarray(v) for k, v in pairs.items()}
         cst = {k: jnp.asarray(v) for k, v in consts.items()}
         del pairs
+        _release_freed_memory()  # the host-side layout, before the (S, L) arrays exist
         V = jnp.zeros((S + 1, L), dtype=jnp.float64)
         pol = jnp.full((S + 1, L), NO_ACTION, dtype=jnp.int8)
         for a in range(0, n_chunks, STEPS_PER_CALL):
@@ -138,6 +139,8 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         # Views of the XLA buffers on a CPU (no copy); read-only, like every solution.
         values = np.asarray(V)[:S]
         policy = np.asarray(pol)[:S]
+    del dev
+    _release_freed_memory()
     if progress is not None:  # the states with nothing to run (no pairs)
         progress(S - int(states_per_chunk.sum()))
     return values, policy
