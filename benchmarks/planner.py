@@ -127,6 +127,12 @@ def run_case(name: str) -> dict:
     out["enumerate_s"] = time.perf_counter() - t0
     out["states"], out["pairs"] = space.size, space.pairs
     exact = solve(pr, space=space)
+    try:  # which engine the exact solver used (numpy, or XLA past a size); older code: numpy
+        from derisk.planner._exact import FUSED_MIN_WORK
+
+        out["exact_engine"] = "xla" if space.pairs * L >= FUSED_MIN_WORK else "numpy"
+    except ImportError:
+        out["exact_engine"] = "numpy"
     out["exact_solve_s"] = exact.seconds
     out["exact_s"] = out["enumerate_s"] + exact.seconds
     out["value"] = exact.root_value
