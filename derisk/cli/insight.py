@@ -9,8 +9,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from derisk._numbers import fmt_range
 from derisk.cli._output import JsonOpt, command, emit, fmt, out, progress
 from derisk.cli.roadmap import (
+    P_NOW,
     BudgetOpt,
     FileArg,
     FreshOpt,
@@ -23,6 +25,7 @@ from derisk.cli.roadmap import (
     plan_input,
     print_context,
     print_estimates,
+    rounding_note,
     write_graph,
 )
 from derisk.errors import DeriskError
@@ -64,11 +67,13 @@ def explain(
     unit = roadmap.unit_label()
     out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
     print_context(inp)
-    print_estimates(inp.estimates, unit)
+    print_estimates(inp.estimates, unit, inp.outcomes)
     if ex.posteriors:
         out.print(
             "beliefs now: "
-            + ", ".join(f"P({escape(h)}) = {fmt(v, p=True)}" for h, v in ex.posteriors.items())
+            + ", ".join(
+                f"P({escape(h)}) = {fmt(v, p=True, derived=True)}" for h, v in ex.posteriors.items()
+            )
         )
     out.print()
     out.print(f"[bold green]Next:[/] [bold]{escape(ex.next or 'stop')}[/]")
@@ -78,7 +83,7 @@ def explain(
         t = Table(title="Runnable now", title_justify="left")
         for col in (
             "experiment",
-            "p",
+            P_NOW,
             "mean cost",
             "Q",
             "regret",
@@ -93,18 +98,23 @@ def explain(
             for outcome in ("success", "failure"):
                 br = next((b for b in a.branches if b.outcome == outcome), None)
                 cells.append(
-                    "-" if br is None else f"{escape(br.next or 'stop')} ({fmt(br.value)})"
+                    "-"
+                    if br is None
+                    else f"{escape(br.next or 'stop')} ({fmt(br.value, derived=True)})"
                 )
             t.add_row(
                 escape(a.id),
-                fmt(a.p, p=True),
+                fmt(a.p, p=True, derived=True),
                 fmt(a.cost),
-                fmt(a.q),
-                fmt(a.regret),
+                fmt(a.q, derived=True),
+                fmt(a.regret, derived=True),
                 *cells,
-                fmt(a.evpi),
+                fmt(a.evpi, derived=True),
             )
         out.print(t)
+        note = rounding_note([a.id for a in ex.actions], roadmap, sol.problem.resolution)
+        if note:
+            out.print(escape(note))
         out.print(
             f"cost in {unit or 'budget units'}; if success / if failure: the next move there "
             "(value of the rest of the plan); VOI: value of knowing the outcome first."
@@ -115,7 +125,12 @@ def explain(
     for name, h in ex.heuristics.items():
         pick = "(uniform)" if name == "random" else h["pick"] or "stop"
         mark = "" if pick in (ex.next, "(uniform)") else " *"
-        t.add_row(name, escape(pick + mark), fmt(h["value"]), fmt(h["regret"]))
+        t.add_row(
+            name,
+            escape(pick + mark),
+            fmt(h["value"], derived=True),
+            fmt(h["regret"], derived=True),
+        )
     out.print(t)
     if any(h["pick"] != ex.next and name != "random" for name, h in ex.heuristics.items()):
         out.print("* disagrees with the optimal first move")
@@ -182,7 +197,8 @@ def sensitivity(
     out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
     print_context(inp)
     out.print(
-        f"optimal value {fmt(res.value)}, next [bold]{escape(res.next or 'stop')}[/]; "
+        f"optimal value {fmt(res.value, derived=True)}, next "
+        f"[bold]{escape(res.next or 'stop')}[/]; "
         f"{fmt(res.solves)} re-solves in {res.seconds:.1f}s"
     )
     t = Table(title=f"Tornado (costs in {unit or 'budget units'})", title_justify="left")
@@ -204,8 +220,8 @@ def sensitivity(
             escape(f"{p.node}.{what}"),
             v(p.base),
             f"{p.gradient:.3g}",
-            f"{v(p.low)}-{v(p.high)}",
-            f"{fmt(p.value_low)} / {fmt(p.value_high)}",
+            fmt_range(p.low, p.high) if cost else f"{v(p.low)}-{v(p.high)}",
+            f"{fmt(p.value_low, derived=True)} / {fmt(p.value_high, derived=True)}",
             escape(fb),
             escape(fa),
         )

@@ -40,6 +40,11 @@ def _p_text(e) -> str:
     return describe_p(e.p, digits=2) if not isinstance(e.p, float | int) else f"{e.p:g}"
 
 
+def _pp(p: float) -> str:
+    """A posterior p: three decimals, never rounded to a certainty it is not."""
+    return fmt(p, p=True, derived=True)
+
+
 def _cost_text(e) -> str:
     if e.cost.stochastic:
         return f"{fmt(e.cost.median)} (p90 {fmt(e.cost.p90)})"
@@ -72,7 +77,7 @@ def render_round(screen: Console, r, total: int | None) -> None:
     posts = r.posteriors()
     if posts:
         screen.print(
-            "hypotheses now: " + ", ".join(f"P({escape(h)}) = {v:.2f}" for h, v in posts.items()),
+            "hypotheses now: " + ", ".join(f"P({escape(h)}) = {_pp(v)}" for h, v in posts.items()),
             width=_w(screen),
         )
     p_now = r.p_now()
@@ -91,7 +96,7 @@ def render_round(screen: Console, r, total: int | None) -> None:
         status = done or ("[bold green]ready[/]" if e.id in r.q else "[dim]-[/]")
         cells = [str(k), escape(e.id), escape(_p_text(e))]
         if posts:
-            cells.append(f"{p_now[e.id]:.2f}")
+            cells.append(_pp(p_now[e.id]))
         cells += [
             escape(_cost_text(e)),
             fmt(e.reward) if e.reward else "-",
@@ -117,10 +122,10 @@ def _moves_table(r, ex) -> Table:
         a = rows.get(m)
         t.add_row(
             escape(m) + mark,
-            "-" if m == "stop" else f"{(a.p if a else p_now[m]):.2f}",
+            "-" if m == "stop" else _pp(a.p if a else p_now[m]),
             "-" if m == "stop" else fmt(cost[m]),
-            fmt(r.move_value(m)),
-            fmt(regret),
+            fmt(r.move_value(m), derived=True),
+            fmt(regret, derived=True),
             ", ".join(by),
         )
     return t
@@ -133,7 +138,7 @@ def render_reveal(screen: Console, s, ex) -> None:
     tied = f" (tied with {escape(', '.join(ties))})" if ties else ""
     screen.print(
         f"[bold green]Optimal:[/] [bold]{escape(r.optimal)}[/]{tied}; the plan is worth "
-        f"{fmt(r.value)}",
+        f"{fmt(r.value, derived=True)}",
         width=_w(screen),
     )
     if s.optimal:
@@ -141,7 +146,8 @@ def render_reveal(screen: Console, s, ex) -> None:
     else:
         pct = "" if s.regret_pct is None else f" ({s.regret_pct:.1f}% of the optimal value)"
         screen.print(
-            f"[bold]You:[/] {escape(s.answer)} - [bold red]regret {fmt(s.regret)}[/]{pct}",
+            f"[bold]You:[/] {escape(s.answer)} - [bold red]regret "
+            f"{fmt(s.regret, derived=True)}[/]{pct}",
             width=_w(screen),
         )
     screen.print(_moves_table(r, ex), width=_w(screen))
@@ -168,7 +174,8 @@ def render_summary(screen: Console, scored: list, saved: Path | None, replay: st
     mean_pct = f" ({sum(pcts) / len(pcts):.1f}% of the optimal value)" if pcts else ""
     screen.print()
     screen.print(
-        f"[bold]Session:[/] {good}/{n} optimal moves; mean regret {fmt(total / n)}{mean_pct}.",
+        f"[bold]Session:[/] {good}/{n} optimal moves; mean regret "
+        f"{fmt(total / n, derived=True)}{mean_pct}.",
         width=_w(screen),
     )
     agree = []
@@ -199,7 +206,7 @@ def render_stats(st, db: Path) -> None:
             "-" if s["level"] is None else str(s["level"]),
             str(s["rounds"]),
             f"{s['optimal']:.0%}",
-            fmt(s["mean_regret"]),
+            fmt(s["mean_regret"], derived=True),
             "-" if s["mean_regret_pct"] is None else f"{s['mean_regret_pct']:.1f}%",
         )
     out.print(t, width=_w(out))

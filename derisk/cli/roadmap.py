@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import warnings
@@ -15,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from derisk._numbers import fmt_distinct, fmt_range
 from derisk.cli._output import (
     JsonOpt,
     command,
@@ -25,7 +27,7 @@ from derisk.cli._output import (
     progress,
     warn,
 )
-from derisk.errors import DeriskError, DeriskWarning, RoadmapError
+from derisk.errors import DeriskError, DeriskWarning, Problem, RoadmapError
 from derisk.graphs import (
     Roadmap,
     example_path,
@@ -195,14 +197,15 @@ def plan_input(
     )
 
 
-def estimates_table(estimates: dict, unit: str) -> Table | None:
+def estimates_table(estimates: dict, unit: str, outcomes: dict | None = None) -> Table | None:
     """Where each estimated node's p and cost come from: law (loss unit, runs), FLOPs,
-    hardware and MFU, cost, predicted loss and band, p, and how far the law extrapolates
-    (x its largest fitted run's params and tokens)."""
+    hardware and MFU, cost, predicted loss and band, p before any recorded outcome, and
+    how far the law extrapolates (x its largest fitted run's params and tokens). A node
+    with a recorded outcome says so beside its id."""
     if not estimates:
         return None
     t = Table(title="Estimated from laws and FLOPs", title_justify="left")
-    for col in ("experiment", "law", "FLOPs", "hardware", "cost", "loss (80%)", "p", "beyond"):
+    for col in ("experiment", "law", "FLOPs", "hardware", "cost", "loss (80%)", P_PRIOR, "beyond"):
         t.add_column(
             col,
             justify="left" if col in ("experiment", "law", "hardware") else "right",
@@ -227,16 +230,51 @@ def estimates_table(estimates: dict, unit: str) -> Table | None:
         if e.extrapolation:
             x = e.extrapolation
             beyond = f"{x['params']:.2g}x N, {x['tokens']:.2g}x D"
-        t.add_row(escape(eid), escape(law), fmt(e.flops), escape(hw), cost, loss, p, beyond)
+        name = eid + (f" (recorded {outcomes[eid]})" if outcomes and eid in outcomes else "")
+        t.add_row(escape(name), escape(law), fmt(e.flops), escape(hw), cost, loss, p, beyond)
     return t
 
 
-def print_estimates(estimates: dict, unit: str) -> None:
-    """The estimates table, then one line per law: its runs, their range, its loss unit."""
-    table = estimates_table(estimates, unit)
+# Column names that say which p and which cost a table shows: the estimates table's p is
+# the law's, before any recorded outcome; a "Runnable now" p is the posterior given them.
+P_PRIOR = "p (prior)"
+P_NOW = "p now"
+COST_STEPS = "mean cost"
+
+
+def rounding_note(ids, roadmap: Roadmap, resolution: float) -> str | None:
+    """A footnote for a table of costs in budget steps: which costs rounding up to the
+    step of `resolution` changed by more than 1%, and what they were before."""
+    changed = []
+    for eid in ids:
+        cost = roadmap.experiment(eid).cost
+        values, probs = cost.values()
+        raw = float(values @ probs)
+        units, uprobs = cost.levels(resolution)
+        stepped = float(units @ uprobs) * resolution
+        if raw > 0 and abs(stepped - raw) > 0.01 * raw:
+            changed.append(f"{eid} {fmt(raw)}")
+    if not changed:
+        return None
+    unit = roadmap.unit_label()
+    return (
+        f"mean cost: rounded up to whole budget steps of {fmt(resolution, unit)}, as the "
+        f"solver plans; before rounding: {', '.join(changed)}" + (f" {unit}" if unit else "")
+    )
+
+
+def print_estimates(estimates: dict, unit: str, outcomes: dict | None = None) -> None:
+    """The estimates table, then one line per law: its runs, their range, its loss unit;
+    with recorded outcomes, a line saying its p is the prior."""
+    table = estimates_table(estimates, unit, outcomes)
     if table is None:
         return
     out.print(table)
+    if outcomes:
+        out.print(
+            f"  {P_PRIOR}: each law's p before the recorded outcomes; `{P_NOW}` below "
+            "conditions on them"
+        )
     laws = {e.law: e for e in estimates.values() if e.law}
     for name, e in laws.items():
         d = e.law_data or {}
@@ -306,7 +344,6 @@ def solve_roadmap(
 ):
     """Compile and solve from the recorded state, with a progress bar; a problem too large
     to solve is a user error that says what to change."""
-    import math
 
     from derisk.errors import ProblemTooLarge
     from derisk.planner import SolveConfig, build_space, compile_roadmap, solve
@@ -507,6 +544,7 @@ def plan(
                 "bounds": list(sol.bounds) if approx else [rep.value, rep.value],
                 **({"approx": approx_json(sol)} if approx else {}),
                 "budget_left": rep.budget_left,
+                "unaffordable": unaffordable(rep, roadmap),
                 "resolution": sol.problem.resolution,
                 "unit": roadmap.unit,
                 "tree": rep.tree,
@@ -515,7 +553,7 @@ def plan(
         return
     out.print(f"[bold]{escape(roadmap.name)}[/]  ({escape(str(inp.path))})")
     print_context(inp)
-    print_estimates(inp.estimates, unit)
+    print_estimates(inp.estimates, unit, inp.outcomes)
     if approx:
         out.print(
             f"budget left {fmt(rep.budget_left, unit)} in steps of "
@@ -531,7 +569,7 @@ def plan(
         )
     out.print()
     if rep.next is None:
-        out.print("[bold]Next:[/] stop - no experiment is worth its compute from here.")
+        out.print(f"[bold]Next:[/] stop - {escape(stop_reason(rep, roadmap))}")
     else:
         title = sol.problem.titles[sol.problem.ids.index(rep.next)]
         out.print(
@@ -539,36 +577,68 @@ def plan(
             + (f" - {escape(title)}" if title else "")
         )
     out.print(
-        f"Expected value {fmt(rep.value)}; expected compute {fmt(rep.expected_compute, unit)}"
+        f"Expected value {fmt(rep.value, derived=True)}; expected compute "
+        f"{fmt(rep.expected_compute, unit, derived=True)}"
     )
     for eid, p in rep.p_reward.items():
-        out.print(f"  P(reward of {escape(eid)}) = {fmt(p, p=True)}")
+        out.print(f"  P(reward of {escape(eid)}) = {fmt(p, p=True, derived=True)}")
     if rep.actions:
         title = "Runnable now" + (
             f" (Q: rollout estimate, run it then {sol.base})" if approx else ""
         )
         t = Table(title=title, title_justify="left")
-        for col in ("experiment", "p", "mean cost", "Q", "regret"):
+        for col in ("experiment", P_NOW, COST_STEPS, "Q", "regret"):
             t.add_column(col, justify="left" if col == "experiment" else "right")
         for a in rep.actions:
             t.add_row(
                 escape(a["id"]),
-                fmt(a["p"], p=True),
+                fmt(a["p"], p=True, derived=True),
                 fmt(a["cost"], unit),
-                fmt(a["q"]),
-                fmt(a["regret"]),
+                fmt(a["q"], derived=True),
+                fmt(a["regret"], derived=True),
             )
         out.print(t)
+        note = rounding_note([a["id"] for a in rep.actions], roadmap, sol.problem.resolution)
+        if note:
+            out.print(escape(note))
     h = rep.heuristics["steinhardt"]
     out.print(
         f"Steinhardt's rule (log(1/p)/cost first) would run [bold]"
         f"{escape(h['pick'] or 'nothing')}[/] and, followed throughout, is worth "
-        f"{fmt(h['value'])}{' (simulated)' if approx else ''} (regret {fmt(h['regret'])})."
+        f"{fmt(h['value'], derived=True)}{' (simulated)' if approx else ''} "
+        f"(regret {fmt(h['regret'], derived=True)})."
     )
     if rep.tree and rep.tree.get("action"):
         out.print(render_tree(rep.tree, unit))
+        if tree_has_range(rep.tree):
+            out.print(f"  {TREE_RANGE_NOTE}")
     for w in written:
         out.print(f"policy tree written to {escape(w)}")
+
+
+def unaffordable(rep, roadmap: Roadmap) -> list[dict]:
+    """The runnable experiments the budget left cannot start, cheapest (median) first."""
+    rows = [{"id": i, "cost": roadmap.experiment(i).cost.median} for i in rep.unaffordable or ()]
+    return sorted(rows, key=lambda r: r["cost"])
+
+
+def stop_reason(rep, roadmap: Roadmap) -> str:
+    """Why the plan stops: nothing worth its compute, nothing affordable with the budget
+    left (naming the cheapest experiment), or nothing left to run."""
+    if rep.actions:
+        return "no experiment is worth its compute from here."
+    if rep.unaffordable is None:  # not computed (the approximate solver)
+        return "nothing runnable is both affordable and worth its compute from here."
+    cheap = unaffordable(rep, roadmap)
+    unit = roadmap.unit_label()
+    if cheap:
+        c = cheap[0]
+        more = f" of {len(cheap)}" if len(cheap) > 1 else ""
+        return (
+            f"nothing runnable is affordable with {fmt(rep.budget_left, unit)} left: the "
+            f"cheapest{more}, {c['id']}, costs {fmt(c['cost'], unit)} (median)."
+        )
+    return "nothing is left to run (every experiment is done or waits on one that failed)."
 
 
 def approx_json(sol) -> dict:
@@ -620,21 +690,36 @@ def _budget_left(node: dict, unit: str) -> str:
     text = f"budget left {fmt(node['budget_left'], unit)}"
     rng = node.get("budget_left_range")
     if rng and rng[0] != rng[1]:
-        text += f" ({fmt(rng[0])}-{fmt(rng[1])})"
+        text += f" (median; range {fmt_range(rng[0], rng[1])})"
     return text
+
+
+def tree_has_range(tree: dict) -> bool:
+    rng = tree.get("budget_left_range")
+    if rng and rng[0] != rng[1]:
+        return True
+    return any(tree_has_range(o["next"]) for o in tree.get("outcomes", []))
+
+
+TREE_RANGE_NOTE = (
+    "budget left after a run with an uncertain cost: its median (where the tree continues) "
+    "and its min-max over the discretised cost levels the solver plans with"
+)
 
 
 def render_tree(tree: dict, unit: str) -> Tree:
     """The policy tree of `plan_report` (first decisions and their outcomes) as rich text."""
-    root = Tree(f"[bold]policy[/] (first levels; value {fmt(tree['value'])})")
+    root = Tree(f"[bold]policy[/] (first levels; value {fmt(tree['value'], derived=True)})")
 
     def add(parent, node):
         if node["action"] is None:
-            parent.add(f"stop (value {fmt(node['value'])}; {_budget_left(node, unit)})")
+            parent.add(
+                f"stop (value {fmt(node['value'], derived=True)}; {_budget_left(node, unit)})"
+            )
             return
         branch = parent.add(f"run [bold]{escape(node['action'])}[/]  ({_budget_left(node, unit)})")
         for o in node.get("outcomes", []):
-            sub = branch.add(f"{o['outcome']} ({fmt(o['prob'], p=True)})")
+            sub = branch.add(f"{o['outcome']} ({fmt(o['prob'], p=True, derived=True)})")
             add(sub, o["next"])
 
     add(root, tree)
@@ -715,22 +800,22 @@ def whatif(
     axis = "budget left" if inp.outcomes else "budget"
     for col in (axis, "value", f"P({goal})" if goal else "P", "E(compute)", "first"):
         t.add_column(escape(col), justify="right")
+    # more digits where two rows would print one budget (a change point one step apart)
+    label = dict(zip(pick, fmt_distinct([w.budgets[k] for k in pick], unit), strict=True))
     for k in pick:
         mark = " *" if k in w.changes else ""
         t.add_row(
-            fmt(w.budgets[k], unit) + (" (now)" if k == now else ""),
-            fmt(w.value[k]),
-            fmt(w.p_reward[goal][k], p=True) if goal else "-",
-            fmt(w.expected_compute[k], unit),
+            label[k] + (" (now)" if k == now else ""),
+            fmt(w.value[k], derived=True),
+            fmt(w.p_reward[goal][k], p=True, derived=True) if goal else "-",
+            fmt(w.expected_compute[k], unit, derived=True),
             escape(f"{w.first[k] or 'stop'}{mark}"),
         )
     out.print(t)
     if w.changes:
         out.print(
             "* the best first experiment changes at: "
-            + ", ".join(
-                f"{fmt(w.budgets[k], unit)} -> {escape(w.first[k] or 'stop')}" for k in w.changes
-            )
+            + ", ".join(f"{label[k]} -> {escape(w.first[k] or 'stop')}" for k in w.changes)
         )
     _whatif_chart(w, goal, unit)
     if png is not None:
@@ -804,12 +889,13 @@ def _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json) -> None:
     axis = "budget left" if inp.outcomes else "budget"
     for col in (axis, "policy value", "interval", f"P({goal})" if goal else "P", "first"):
         t.add_column(escape(col), justify="right")
+    labels = fmt_distinct(w.budgets, unit)
     for k, s_ in enumerate(sols):
         t.add_row(
-            fmt(w.budgets[k], unit),
-            fmt(w.value[k]),
-            f"[{fmt(s_.lower)}, {fmt(s_.upper)}]",
-            fmt(w.p_reward[goal][k], p=True) if goal else "-",
+            labels[k],
+            fmt(w.value[k], derived=True),
+            f"[{fmt(s_.lower, derived=True)}, {fmt(s_.upper, derived=True)}]",
+            fmt(w.p_reward[goal][k], p=True, derived=True) if goal else "-",
             escape(w.first[k] or "stop"),
         )
     out.print(t)
@@ -834,6 +920,14 @@ def _whatif_chart(w, goal, unit) -> None:
 
 
 # ---------------------------------------------------------------- simulate
+
+SIMULATE_NOTE = (
+    "agrees: the simulated mean lies within {z} standard errors of the exact value (a false "
+    "alarm has probability {alarm} per policy). Each episode draws every cost from the same "
+    "discretised distribution the solver plans with (equal-probability levels of a "
+    "log-normal cost, rounded up to budget steps), so this checks the solver and its policy "
+    "values, not how well those levels stand for the continuous cost."
+)
 
 
 @command
@@ -886,6 +980,8 @@ def simulate(
                 "episodes": n,
                 "seed": seed,
                 "agrees": check.agrees,
+                "z_limit": check.z_limit,
+                "costs_from": "discretised",
                 "policies": rows,
             }
         )
@@ -896,14 +992,15 @@ def simulate(
         title=f"{escape(roadmap.name)}: {fmt(n)} episodes per policy (seed {seed})",
         title_justify="left",
     )
-    for col in ("policy", "simulated mean", "+/- s.e.", "exact", "agrees", "compute p10/p50/p90"):
+    agree_col = f"agrees (|z| < {check.z_limit:g})"
+    for col in ("policy", "simulated mean", "+/- s.e.", "exact", agree_col, "compute p10/p50/p90"):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in check.policies:
         t.add_row(
             r.policy,
             fmt(r.mean),
             fmt(r.stderr),
-            fmt(r.exact),
+            fmt(r.exact, derived=True),
             "yes" if r.agrees else "[red]NO[/]",
             " / ".join(fmt(x) for x in (r.compute_p10, r.compute_p50, r.compute_p90))
             + (f" {unit}" if unit else ""),
@@ -913,8 +1010,10 @@ def simulate(
     verdict = "agrees" if opt.agrees else "DISAGREES"
     out.print(
         f"optimal policy: simulated {fmt(opt.mean)} +/- {fmt(opt.stderr)} "
-        f"{verdict} with the solved value {fmt(opt.exact)} (z = {opt.z:.2f})"
+        f"{verdict} with the solved value {fmt(opt.exact, derived=True)} (z = {opt.z:.2f})"
     )
+    alarm = math.erfc(check.z_limit / math.sqrt(2))  # two-sided normal tail beyond z
+    out.print(SIMULATE_NOTE.format(z=f"{check.z_limit:g}", alarm=fmt(alarm)))
 
 
 # ---------------------------------------------------------------- validate / examples / record
@@ -1159,6 +1258,25 @@ def record(
             raise DeriskError("--spent applies to one result; record them one at a time")
         eid = next(iter(updates))
         updates[eid] = (updates[eid][0], amount(spent, roadmap, "--spent"))
+    # The default spent is the median cost the planning commands use: a cost priced from
+    # `train:` is only known once the roadmap is resolved (unresolved, it reads as 0).
+    needs_cost = [
+        k
+        for k, (o, x) in updates.items()
+        if x is None and o != "untried" and "cost" in roadmap.experiment(k).pending
+    ]
+    if needs_cost:
+        try:
+            roadmap = resolve_roadmap(roadmap).roadmap
+        except RoadmapError as exc:  # one red line more, after the file's own problems
+            hint = Problem(
+                str(file),
+                None,
+                None,
+                f"cannot price {', '.join(f'`{k}`' for k in needs_cost)} from `train:` until "
+                "that is fixed; or record the compute actually spent with --spent",
+            )
+            raise RoadmapError([*exc.problems, hint]) from None
     path = state_path(file)
     state = record_outcomes(roadmap, path, updates)
     total = float(sum(v["spent"] for v in state.values()))
@@ -1175,7 +1293,9 @@ def record(
         return
     for eid, rec in state.items():
         out.print(f"{escape(eid)}: {rec['outcome']} ({fmt(rec['spent'], unit)})")
-    out.print(f"saved to {escape(str(path))}; budget left {fmt(roadmap.budget - total, unit)}")
+    # enough digits that a small spend does not print the budget unchanged (2e14 - 4.3e10)
+    left = fmt_distinct([roadmap.budget, roadmap.budget - total], unit)[1]
+    out.print(f"saved to {escape(str(path))}; budget left {left}")
     out.print("every planning command now plans from here (--fresh ignores it)")
 
 

@@ -323,9 +323,11 @@ def record_outcomes(
     """Validate and merge outcome updates, then write the state file atomically.
 
     `updates` maps id -> (outcome, spent); outcome "untried" clears a record; spent None
-    means the experiment's median cost. The read-merge-write holds a lock, so two
-    `derisk record` at once both land. Spending more than the budget in total is
-    allowed (it happens) but warned about with a `DeriskWarning`.
+    means the experiment's median cost, so `roadmap` must be resolved when a recorded
+    experiment's cost comes from `train:` (a `StateFileError` says so otherwise). The
+    read-merge-write holds a lock, so two `derisk record` at once both land. Spending
+    more than the budget in total is allowed (it happens) but warned about with a
+    `DeriskWarning`.
     """
     for eid, (_, spent) in updates.items():
         if eid not in roadmap.ids:
@@ -337,6 +339,15 @@ def record_outcomes(
         if spent is not None and not _amount_ok(spent):
             raise StateFileError(
                 f"--spent for `{eid}` must be a finite non-negative number, got {spent}"
+            )
+        # An unresolved `train:` cost reads as 0: booking it would overstate the budget
+        # left in every later plan.
+        pending = "cost" in roadmap.experiment(eid).pending
+        if spent is None and updates[eid][0] != "untried" and pending:
+            raise StateFileError(
+                f"the cost of `{eid}` comes from its `train:` block and is not resolved "
+                "yet (derisk.estimators.resolve); resolve the roadmap first, or give the "
+                "compute actually spent (--spent)"
             )
     try:
         with locked(path):

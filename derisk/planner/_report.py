@@ -9,6 +9,10 @@ import numpy as np
 from derisk.planner._heuristics import HEURISTICS
 from derisk.planner._solve import Solution
 
+# Branch probabilities at or below this are float noise (see `policy_tree`): far below any
+# probability a roadmap states (and any a law gives that matters to a plan).
+PROB_NOISE = 1e-12
+
 
 @dataclass(frozen=True)
 class PlanReport:
@@ -22,6 +26,9 @@ class PlanReport:
     states: int
     solve_seconds: float
     budget_left: float
+    # ids whose prerequisites are met but which the budget left cannot start (None: not
+    # computed, as by the approximate solver's report)
+    unaffordable: list[str] | None = None
 
 
 def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
@@ -58,7 +65,17 @@ def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
         states=sp.size,
         solve_seconds=solution.seconds,
         budget_left=float(b * pr.resolution + pr.surplus),
+        unaffordable=unaffordable_now(solution, q),
     )
+
+
+def unaffordable_now(solution: Solution, q: np.ndarray | None = None) -> list[str]:
+    """Experiments whose prerequisites are met at the planning start but which cannot be
+    started with the budget left (their cheapest cost is more): why a plan that stops
+    with nothing runnable stops (the budget, not the value of the experiments)."""
+    pr, sp = solution.problem, solution.space
+    q = solution.q_values() if q is None else q
+    return [pr.ids[i] for i in np.flatnonzero(sp.avail[sp.root]) if not np.isfinite(q[i])]
 
 
 def heuristic_summary(solution: Solution) -> dict[str, dict]:
@@ -133,7 +150,10 @@ def policy_tree(solution: Solution, s: int, b: int, depth: int) -> dict | None:
     if p_fit < 1:
         branches.append(("overrun", 1 - p_fit, sp.succ_d[s, a], 0))
     for label, prob, nxt, nb in branches:
-        if prob <= 0:
+        # A posterior is a ratio of sums over the latent configurations, so a p of exactly
+        # 1 can come back as 1 - 1.1e-16: a "failure" branch of probability 1e-16 is float
+        # noise, not an outcome, and is not shown.
+        if prob <= PROB_NOISE:
             continue
         child = policy_tree(solution, int(nxt), int(nb), depth - 1)
         if label != "overrun":

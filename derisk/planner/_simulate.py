@@ -1,9 +1,15 @@
-"""Monte Carlo simulation of any policy on the true generative model.
+"""Monte Carlo simulation of any policy on the planning problem's generative model.
 
 Each episode draws the hypotheses from their prior (conditioned on any recorded
 outcomes), then every outcome from the experiment's p under those hypotheses; the
 planner only ever sees posteriors, so the simulated mean of the optimal policy must
 match its computed value.
+
+Costs are drawn from the compiled problem's discretised distribution (`cost_units`,
+`cost_probs`: equal-probability levels of a log-normal cost, rounded up to budget
+steps), the one the solver plans with. So a simulation checks the solver and the
+policy evaluation; it cannot see the error of that discretisation (tails beyond the
+levels, rounding up to a step).
 """
 
 from __future__ import annotations

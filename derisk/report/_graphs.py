@@ -12,8 +12,9 @@ import subprocess
 from pathlib import Path
 
 from derisk._numbers import fmt as _num
+from derisk._numbers import fmt_range
 from derisk.errors import DeriskError
-from derisk.graphs import Roadmap, describe_p
+from derisk.graphs import Categorical, Roadmap, describe_p
 
 
 def _q(text: str) -> str:
@@ -27,8 +28,20 @@ def _m(text: str) -> str:
     return '"' + safe.replace("\n", "<br/>") + '"'
 
 
+def p_words(p, categories=None, *, digits: int = 2) -> str:
+    """An experiment's p in words (`describe_p`), with a plain or law-driven p as the CLI
+    prints it: three decimals, never rounded to a certainty it is not (`>0.999`)."""
+    if isinstance(p, int | float):
+        return _num(p, p=True)
+    if isinstance(p, Categorical) and p.hypothesis.startswith("law "):
+        prior = (categories or {}).get(p.hypothesis)
+        mean = p.mean(prior) if prior else sum(q for _, q in p.table) / len(p.table)
+        return f"{_num(mean, p=True)} ({p.hypothesis}, {len(p.table)} worlds)"
+    return describe_p(p, categories, digits=digits)
+
+
 def _p_text(e, categories) -> str:
-    return f"p {describe_p(e.p, categories)}"
+    return f"p {p_words(e.p, categories)}"
 
 
 def _cost_text(e, unit: str) -> str:
@@ -99,8 +112,8 @@ def _budget_text(node: dict, unit: str) -> str:
     u = f" {unit}" if unit else ""
     rng = node.get("budget_left_range")
     text = f"budget left {_num(node['budget_left'])}{u}"
-    if rng and rng[0] != rng[1]:
-        text += f" ({_num(rng[0])}-{_num(rng[1])})"
+    if rng and rng[0] != rng[1]:  # an uncertain cost: the median, and the spread of levels
+        text += f" (median; range {fmt_range(rng[0], rng[1])})"
     return text
 
 
@@ -117,7 +130,7 @@ def _walk(tree: dict):
         out.append(entry)
         for o in node.get("outcomes", []):
             child = visit(o["next"])
-            kids.append((child, f"{o['outcome']} {o['prob']:.2f}"))
+            kids.append((child, f"{o['outcome']} {_num(o['prob'], p=True, derived=True)}"))
         return me
 
     visit(tree)

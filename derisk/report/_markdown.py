@@ -14,13 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from derisk._numbers import fmt as _num
+from derisk._numbers import fmt_range
 from derisk.errors import DeriskError
-from derisk.graphs import Roadmap, describe_p
+from derisk.graphs import Roadmap
 from derisk.planner import Solution, plan_report, whatif_report
 from derisk.planner._explain import explain
 from derisk.planner._sensitivity import Sensitivity
 from derisk.report._graphs import (
     dot_available,
+    p_words,
     policy_dot,
     policy_mermaid,
     render_dot,
@@ -40,6 +42,27 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _p(x: float) -> str:
+    """A derived probability (a posterior, P(reward)) as the CLI prints it."""
+    return _num(x, p=True, derived=True)
+
+
+def _val(x: float, unit: str = "") -> str:
+    """A derived value (expected value, Q, regret): float noise prints as 0."""
+    return _num(x, unit, derived=True)
+
+
+def _input_name(p) -> str:
+    """A sensitivity input as the CLI names it: `node.p`, `node.p.then`, `node.p (law)`."""
+    if p.branch == "shift":
+        return "p (law)"  # every world of its law shifted together
+    return p.param if p.branch is None else f"p.{p.branch}"
+
+
+def _p_words(p, categories) -> str:
+    return p_words(p, categories, digits=3)
+
+
 def tornado_figure(sens: Sensitivity, path: Path, *, top: int = 12, unit: str = "") -> Path:
     """Horizontal bars from the value at each input's low end to its high end."""
     import matplotlib
@@ -55,12 +78,11 @@ def tornado_figure(sens: Sensitivity, path: Path, *, top: int = 12, unit: str = 
         ax.barh(k, lo - sens.value, left=sens.value, color="C3", alpha=0.85)
     names = []
     for p in reversed(params):
-        what = p.param if p.branch is None else f"p.{p.branch}"
         if p.param == "cost":
-            rng = f"{_num(p.low)}-{_num(p.high)} {unit}".strip()
+            rng = fmt_range(p.low, p.high, unit)
         else:
-            rng = f"{p.low:.2f}-{p.high:.2f}"
-        names.append(f"{p.node}.{what} ({rng})")
+            rng = f"{_num(p.low, p=True)}-{_num(p.high, p=True)}"
+        names.append(f"{p.node}.{_input_name(p)} ({rng})")
     ax.set_yticks(range(len(params)), names)
     ax.axvline(sens.value, color="black", lw=0.8)
     ax.set_xlabel("optimal expected value")
@@ -91,12 +113,12 @@ def _assumptions(roadmap: Roadmap, solution: Solution) -> list[str]:
         out.append(f"- Hypothesis priors: {hs}")
     out += [
         "",
-        "| experiment | needs | p | cost | reward | source |",
+        "| experiment | needs | p (prior) | cost | reward | source |",
         "|---|---|---|---|---|---|",
     ]
     for e in roadmap.experiments:
         needs = " and ".join((c[0] if len(c) == 1 else "any of " + "/".join(c)) for c in e.requires)
-        p = describe_p(e.p, roadmap.categories, digits=3 if isinstance(e.p, float) else 2)
+        p = _p_words(e.p, roadmap.categories)
         cost = _num(e.cost.median, unit)
         if e.cost.stochastic:
             cost += f" (p90 {_num(e.cost.p90, unit)})"
@@ -170,27 +192,32 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
     md.append(f"**Next: {rep.next or 'stop'}**. {ex.summary}")
     md.append("")
     md.append(
-        f"Expected value {_num(rep.value)}; expected compute {_num(rep.expected_compute, unit)} "
+        f"Expected value {_val(rep.value)}; expected compute {_val(rep.expected_compute, unit)} "
         f"of {_num(rep.budget_left, unit)} left."
     )
     for eid, p in rep.p_reward.items():
-        md.append(f"- P(reward of {eid}) = {p:.3f}")
+        md.append(f"- P(reward of {eid}) = {_p(p)}")
     md.append("")
     if ex.actions:
         md += [
-            "| runnable now | p | mean cost | Q | regret | value of information |",
+            "| runnable now | p now | mean cost | Q | regret | value of information |",
             "|---|---|---|---|---|---|",
         ]
         for a in ex.actions:
             md.append(
-                f"| {_cell(a.id)} | {a.p:.3f} | {_num(a.cost, unit)} | {_num(a.q)} | "
-                f"{_num(a.regret)} | {_num(a.evpi)} |"
+                f"| {_cell(a.id)} | {_p(a.p)} | {_num(a.cost, unit)} | {_val(a.q)} | "
+                f"{_val(a.regret)} | {_val(a.evpi)} |"
             )
+        md.append("")
+        md.append(
+            f"Mean costs are in whole budget steps of {_num(pr.resolution, unit)}, rounded up "
+            "as the solver plans; the assumptions below give them before rounding."
+        )
         md.append("")
     md += ["| heuristic | first pick | exact value | regret |", "|---|---|---|---|"]
     for name, h in rep.heuristics.items():
         pick = "(uniform)" if name == "random" else h["pick"] or "stop"
-        md.append(f"| {name} | {_cell(pick)} | {_num(h['value'])} | {_num(h['regret'])} |")
+        md.append(f"| {name} | {_cell(pick)} | {_val(h['value'])} | {_val(h['regret'])} |")
     md.append("")
 
     # figures
@@ -255,17 +282,20 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
             "|---|---|---|---|---|---|",
         ]
         for p in sens.parameters[:15]:
-            what = p.param if p.branch is None else f"p.{p.branch}"
+            what = _input_name(p)
             cost = p.param == "cost"
 
             def v(x, _cost=cost):
-                return _num(x, unit) if _cost else f"{x:.3f}"
+                return _num(x, unit) if _cost else _num(x, p=True)
 
             fb = "-" if p.flip_below is None else f"{v(p.flip_below)} ({p.next_below})"
             fa = "-" if p.flip_above is None else f"{v(p.flip_above)} ({p.next_above})"
+            tried = (
+                fmt_range(p.low, p.high, unit, sep=" - ") if cost else f"{v(p.low)} - {v(p.high)}"
+            )
             md.append(
-                f"| {_cell(p.node)}.{what} | {v(p.base)} | {p.gradient:.4g} | "
-                f"{v(p.low)} - {v(p.high)} | {_num(p.value_low)} / {_num(p.value_high)} | "
+                f"| {_cell(p.node)}.{what} | {v(p.base)} | {p.gradient:.4g} | {tried}"
+                f" | {_val(p.value_low)} / {_val(p.value_high)} | "
                 f"{_cell(fb)} / {_cell(fa)} |"
             )
         md.append("")
@@ -302,7 +332,7 @@ def _write(roadmap, solution, tmp, sens, recorded, spent, overrides, depth, sour
     if ex.posteriors:
         md.append(
             "Hypothesis beliefs now: "
-            + ", ".join(f"P({h}) = {v:.3f}" for h, v in ex.posteriors.items())
+            + ", ".join(f"P({h}) = {_p(v)}" for h, v in ex.posteriors.items())
             + "."
         )
         md.append("")
