@@ -236,6 +236,8 @@ def test_plan_json_has_bounds_and_solver(tmp_path):
     assert exact["solver"] == "exact" and exact["bounds"] == [exact["value"]] * 2
     assert lo <= exact["value"] + 1e-9 <= hi + 2e-9
     assert d["next"] is not None and d["tree"]["action"] == d["next"]
+    # the tree is the returned policy: its root value is that policy's (the lower end)
+    assert d["tree"]["value"] == d["value"] == lo
 
 
 def test_auto_falls_back_to_approx_and_says_so():

@@ -98,6 +98,10 @@ def approx_plan_report(sol: ApproxSolution, *, depth: int = 3) -> PlanReport:
             continue
         a = int(_heuristic_pick(model, name, canon, np.array([b]), run, p[None, :])[0])
         heur[name]["pick"] = None if a < 0 else pr.ids[a]
+    tree = approx_tree(sol, status, b, depth)
+    # The tree is the returned policy: at its root, that policy's value (the rollout
+    # estimate of its first move assumes the base heuristic afterwards, and is lower).
+    tree["value"] = sol.policy_value
     return PlanReport(
         next=chosen,
         value=sol.policy_value,
@@ -105,7 +109,7 @@ def approx_plan_report(sol: ApproxSolution, *, depth: int = 3) -> PlanReport:
         p_reward={pr.ids[j]: q for j, q in sol.p_reward.items()},
         actions=actions,
         heuristics=heur,
-        tree=approx_tree(sol, status, b, depth),
+        tree=tree,
         states=0,
         solve_seconds=sol.seconds,
         budget_left=float(b * pr.resolution + pr.surplus),
