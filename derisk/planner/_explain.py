@@ -165,20 +165,24 @@ def _summary(ex_actions, best, value, posteriors, heur, unit: str) -> str:
             f"less than stopping (0), so no experiment pays for its compute from here."
         )
     u = f" {unit}" if unit else ""
-    parts = [f"Run {best.id} next (p {best.p:.2f}, about {_fmt(best.cost)}{u})."]
+    parts = [f"Run {best.id} next (p {_fmt(best.p, p=True)}, about {_fmt(best.cost)}{u})."]
     for br in best.branches:
         moves = []
         for h, v in br.posteriors.items():
             if abs(v - posteriors[h]) > 0.01:
-                moves.append(f"P({h}) {posteriors[h]:.2f} -> {v:.2f}")
+                moves.append(
+                    f"P({h}) {_fmt(posteriors[h], p=True, derived=True)} -> "
+                    f"{_fmt(v, p=True, derived=True)}"
+                )
         then = f"runs {br.next} next" if br.next else "stops"
         info = f"; {', '.join(moves)}" if moves else ""
         parts.append(
-            f"On {br.outcome} (probability {br.prob:.2f}{info}) the plan {then}, "
+            f"On {br.outcome} (probability {_fmt(br.prob, p=True, derived=True)}{info}) the "
+            f"plan {then}, "
             f"worth {_fmt(br.value)}."
         )
     if best.p_overrun > 0:
-        parts.append(f"It overruns the budget with probability {best.p_overrun:.2f}.")
+        parts.append(f"It overruns the budget with probability {_fmt(best.p_overrun, p=True)}.")
     if best.unlocks:
         parts.append(f"It is a prerequisite of {', '.join(best.unlocks)}.")
     others = [a for a in ex_actions if a.id != best.id]
