@@ -545,3 +545,30 @@ def test_a_total_parameter_law_is_given_total_parameters(tmp_path):
     out = run("validate", bad)
     assert out.exit_code == 2 and "bad.yaml:4:" in out.stderr
     assert "total parameter counts" in out.stderr and "d_model" in out.stderr
+
+
+def test_a_bad_pricing_default_is_one_problem(tmp_path):
+    """A top-level `mfu` out of range is one error at its line, not one more per node
+    saying the node lacks an mfu."""
+    p = write(
+        tmp_path,
+        """\
+        budget: 15000 usd
+        hardware: h100
+        mfu: 1.5
+        usd_per_gpu_hour: 2.5
+        experiments:
+          - id: a
+            train: {d_model: 512, layers: 8, vocab: 32000, tokens: 1e9}
+            p: 0.5
+            reward: 1
+          - id: b
+            train: {d_model: 512, layers: 8, vocab: 32000, tokens: 2e9}
+            p: 0.5
+            reward: 1
+        """,
+    )
+    out = run("validate", p)
+    assert out.exit_code == 2
+    lines = [ln for ln in out.stderr.splitlines() if "r.yaml:" in ln]
+    assert len(lines) == 1 and "r.yaml:3:" in lines[0] and "mfu" in lines[0]

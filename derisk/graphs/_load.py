@@ -746,8 +746,14 @@ def _validate(data: Any, source: str) -> Roadmap:
                 "at the top level so derisk can convert",
             )
 
+    # A top-level pricing default that was given but is invalid has its own error; every
+    # node that would use it is not blamed for lacking it too (one mistake, one message).
+    broken_default = any(
+        key in data and getattr(compute, key) is None
+        for key in ("hardware", "mfu", "usd_per_gpu_hour", "flops_per_gpu_hour")
+    )
     for spec, mark, what in priced:
-        problem = _pricing_problem(unit, spec, compute)
+        problem = None if broken_default else _pricing_problem(unit, spec, compute)
         if problem:
             ck.err(mark, f"the training cost of {what} {problem}")
 
