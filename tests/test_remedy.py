@@ -202,6 +202,71 @@ def test_a_model_average_predicts_the_weighted_log_mean(tmp_path):
     }
     assert row.predicted == pytest.approx(np.exp(sum(weights[n] * np.log(preds[n]) for n in opts)))
     back = load_law(str(save_law(avg, tmp_path / "avg.json")))
-    assert [w for w, _ in back.members] == pytest.approx([w for w, _ in avg.members])
+    assert [m.weight for m in back.members] == pytest.approx([m.weight for m in avg.members])
+    assert [m.form for m in back.members] == ["chinchilla", "chinchilla"]
     X = law_inputs("chinchilla", N, D)
     assert back.predict(X)[0] == pytest.approx(avg.predict(X)[0], rel=1e-12)
+
+
+def steep_isoflop(seed=0, noise=0.01):
+    """An IsoFLOP sweep (7 budgets, 9 sizes each around the optimum) from a law whose
+    exponents (0.75) are outside the published range: the plain fit is flagged."""
+    p = {"E": 1.69, "A": 4e5, "B": 4e5, "alpha": 0.75, "beta": 0.75}
+    rng = np.random.default_rng(seed)
+    G = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1 / (p["alpha"] + p["beta"]))
+    budgets = np.array([1e17, 3e17, 1e18, 3e18, 1e19, 3e19, 1e20])
+    C = np.repeat(budgets, 9)
+    N = G * (C / 6) ** 0.5 * 10 ** np.tile(np.linspace(-1, 1, 9), len(budgets))
+    D = C / (6 * N)
+    L = p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+    return run_data(N, D, L * np.exp(rng.normal(0, noise, len(N))))
+
+
+def test_auto_tries_the_frontier_exactly_when_the_runs_have_isoflop_slices(remedied):
+    from derisk.scaling._remedy import has_isoflop_slices
+
+    # no slices (Kaplan's runs at random sizes and tokens): never a candidate
+    data, fit, _ = remedied
+    assert not has_isoflop_slices(data)
+    assert "frontier" not in fit.remedy["candidates"]
+    assert "frontier" not in fit.remedy["candidates"]["average"]["weights"]
+    # slices and a degenerate plain fit: a candidate, scored, and a member of the average
+    iso = steep_isoflop()
+    assert has_isoflop_slices(iso)
+    fit, _ = fit_calibrated(iso, bootstrap=2, starts=8, backtest_bootstrap=2)
+    cands = fit.remedy["candidates"]
+    assert fit_law(iso, starts=8).status == FIT_DEGENERATE
+    assert set(cands) == {"none", "e_floor", "prior", "power", "frontier", "average"}
+    assert (
+        cands["frontier"]["form"] == "frontier"
+        and "backtest_mean_abs_log_error" in cands["frontier"]
+    )
+    assert set(cands["average"]["weights"]) == {"none", "e_floor", "prior", "power", "frontier"}
+    assert cands["average"]["forms"]["frontier"] == "frontier"
+    errors = {k: v["backtest_mean_abs_log_error"] for k, v in cands.items()}
+    assert fit.remedy["chosen"] == min(errors, key=errors.get)
+
+
+def test_a_backtest_cut_without_slices_drops_the_frontier_and_says_why():
+    from derisk.scaling._backtest import default_cuts
+    from derisk.scaling._remedy import has_isoflop_slices
+
+    # slices only at the three largest budgets; below them 30 runs at random sizes whose
+    # budgets are 17% apart, more than a slice's 10%: no two share a slice
+    rng = np.random.default_rng(3)
+    low_C = np.geomspace(1e16, 1e18, 30)
+    low_N = np.exp(rng.uniform(np.log(1e7), np.log(3e8), 30))
+    low_D = low_C / (6 * low_N)
+    C = np.repeat([1e19, 3e19, 1e20], 9)
+    hi_N = np.sqrt(C / 120) * 10 ** np.tile(np.linspace(-1, 1, 9), 3)
+    N, D = np.concatenate([low_N, hi_N]), np.concatenate([low_D, C / (6 * hi_N)])
+    L = 1.69 + 406.4 / N**0.34 + 410.7 / D**0.28
+    data = run_data(N, D, L * np.exp(rng.normal(0, 0.005, len(N))))
+    assert has_isoflop_slices(data)
+    cut = default_cuts(data, "compute")[0]
+    compute = 6 * N * D
+    assert not has_isoflop_slices(data.subset(compute <= cut))
+    fit, bt = fit_calibrated(data, remedy="frontier", bootstrap=2, starts=8, backtest_bootstrap=2)
+    why = fit.remedy["candidates"]["frontier"]["error"]
+    assert f"compute cut at {cut:.3g}" in why and "no IsoFLOP structure" in why
+    assert "same held-out runs" in why and fit.remedy["chosen"] == "none" and fit.form is None

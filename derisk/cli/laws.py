@@ -124,8 +124,9 @@ def fit(
         str,
         typer.Option(
             "--remedy",
-            help="With --backtest, for a degenerate fit: auto (try e_floor, prior, power "
-            "and their average, keep the best by backtest error), none, or one of them.",
+            help="With --backtest, for a degenerate fit: auto (try e_floor, prior, power, "
+            "the IsoFLOP frontier when the runs form IsoFLOP slices, and their average; "
+            "keep the best by backtest error), none, or one of them.",
         ),
     ] = "auto",
     as_json: JsonOpt = False,
@@ -158,6 +159,10 @@ def fit(
         raise DeriskError(f"--remedy must be auto or one of {', '.join(REMEDIES)}, got {remedy!r}")
     if remedy not in ("auto", "none") and not run_backtest:
         raise DeriskError(f"--remedy {remedy} is chosen against a backtest: add --backtest")
+    if remedy == "frontier" and law != "chinchilla":
+        raise DeriskError(
+            f"--remedy frontier is an IsoFLOP fit of a dense law: use --law chinchilla, not {law}"
+        )
     if remedy not in ("auto", "none") and fix_e is not None:
         raise DeriskError(f"--remedy {remedy} changes how E is fitted: drop --fix-E or the remedy")
     _check_number("--min-tokens", min_tokens, "a token count >= 0")
@@ -234,6 +239,10 @@ def fit(
             {
                 **result.params,
                 "law": law,
+                "form": result.form or law,
+                "members": None
+                if result.members is None
+                else [{"weight": m.weight, "form": m.form} for m in result.members],
                 "intervals": intervals,
                 "loss": result.loss,
                 "rmse_log": result.rmse_log,
@@ -255,10 +264,19 @@ def fit(
             }
         )
         return
+    what = law
+    if result.members:
+        what = f"{law} (model average of {len(result.members)} fits)"
+    elif result.form:
+        what = f"{law} ({result.form} form)"
+    how = (
+        "a parabola per IsoFLOP slice, no L-BFGS"
+        if result.form == "frontier"
+        else f"{result.starts_at_optimum}/{result.starts} L-BFGS starts reached the optimum"
+    )
     out.print(
-        f"[bold]{law}[/] fit to {result.n} runs from {escape(str(file))} in "
-        f"{result.seconds:.2f}s: {result.starts_at_optimum}/{result.starts} L-BFGS starts "
-        f"reached the optimum (Huber objective {fmt(result.loss)})"
+        f"[bold]{what}[/] fit to {result.n} runs from {escape(str(file))} in "
+        f"{result.seconds:.2f}s: {how} (Huber objective {fmt(result.loss)})"
     )
     t = Table()
     for col in ("parameter", "value", "80% interval"):
@@ -322,16 +340,21 @@ def _print_remedies(remedy: dict) -> None:
             t.add_row(name + mark, "-", "-", "-", "-", "-", escape(c["error"]))
             continue
         p = c["params"]
+        if "weights" in c:
+            note = "weights " + ", ".join(f"{k} {v:.2f}" for k, v in c["weights"].items())
+        elif c.get("form") == "frontier":  # no alpha, beta: its own N_opt and L*
+            note = f"N_opt ~ C^{p['a']:.3f}, L* = E + B C^-{p['gamma']:.3f}"
+            note += f"; {', '.join(c['flags'])}" if c["flags"] else ""
+        else:
+            note = ", ".join(c["flags"]) or "ok"
         t.add_row(
             name + mark,
             f"{c['backtest_mean_abs_log_error']:.4f}",
             f"{100 * c['backtest_coverage']:.0f}%",
-            fmt(p["alpha"]),
-            fmt(p["beta"]),
+            fmt(p["alpha"]) if "alpha" in p else "-",
+            fmt(p["beta"]) if "beta" in p else "-",
             fmt(p["E"]),
-            "weights " + ", ".join(f"{k} {v:.2f}" for k, v in c["weights"].items())
-            if "weights" in c
-            else ", ".join(c["flags"]) or "ok",
+            note,
         )
     out.print(t)
 
@@ -605,7 +628,12 @@ def predict(
     band = ""
     if fit.calibration:
         band = "; band uncalibrated" if uncalibrated else "; band calibrated for extrapolation"
-    t = Table(title=f"law {escape(law)} ({fit.law}, {fit.n} runs{band})", title_justify="left")
+    kind = fit.law
+    if fit.members:
+        kind += f", average of {len(fit.members)} fits"
+    elif fit.form:
+        kind += f", {fit.form} form"
+    t = Table(title=f"law {escape(law)} ({kind}, {fit.n} runs{band})", title_justify="left")
     cols = ["params", "tokens", "law", "80% band"]
     if summary:
         cols = ["run", *cols, "measured", "error", "q"]

@@ -17,12 +17,15 @@ from derisk.scaling._fit import (
     HUBER_DELTA,
     MAX_ROWS,
     FitResult,
+    Member,
+    Refits,
     diagnose,
     fit_law,
     objective,
 )
+from derisk.scaling._frontier import fit_frontier
 from derisk.scaling._lawfile import LawFileError, fit_from_json, read_law_json
-from derisk.scaling._laws import LAWS, LawForm
+from derisk.scaling._laws import FORMS, FRONTIER, LAWS, FrontierForm, LawForm
 from derisk.scaling._optimal import (
     Allocation,
     Frontier,
@@ -68,7 +71,12 @@ __all__ = [
     "FIT_NOT_CONVERGED",
     "FIT_OK",
     "HUBER_DELTA",
+    "FORMS",
+    "FRONTIER",
+    "FrontierForm",
     "LAWS",
+    "Member",
+    "Refits",
     "MAX_ROWS",
     "Allocation",
     "REMEDIES",
@@ -98,6 +106,7 @@ __all__ = [
     "extrapolation_scale",
     "fit_diagnostics",
     "fit_from_json",
+    "fit_frontier",
     "fit_calibrated",
     "fit_law",
     "fit_to_json",

@@ -23,6 +23,7 @@ from scipy import stats
 from derisk.errors import DataError, DeriskWarning
 from derisk.scaling._data import RunData
 from derisk.scaling._fit import FitResult, fit_law
+from derisk.scaling._frontier import fit_frontier
 from derisk.scaling._predict import law_inputs
 
 AXES = ("compute", "params")
@@ -132,6 +133,7 @@ def backtest(
     seed: int = 0,
     fix_E: float | None = None,
     options: dict | None = None,
+    form: str | None = None,
     on_phase=None,
 ) -> Backtest:
     """Refit `law` on the runs at or below each cut and predict the runs above it.
@@ -141,7 +143,9 @@ def backtest(
     `fit_law` with `bootstrap` refits and `starts` starts; each held-out run is scored as
     `predict_loss` scores it (point prediction, central `level` band). A cut whose runs
     cannot identify the law is skipped and listed in `skipped`. `options` are passed on
-    to every `fit_law` (a remedy's `E_min` or `exponent_prior`).
+    to every `fit_law` (a remedy's `E_min` or `exponent_prior`). `form="frontier"` fits
+    the IsoFLOP approach-2 frontier (`fit_frontier`, dense laws only) at each cut
+    instead; a cut whose runs have no IsoFLOP slices is skipped.
 
     Raises ValueError for bad options, DataError when no cut could be fitted.
     """
@@ -153,6 +157,8 @@ def backtest(
         raise ValueError(f"level must be in (0, 1), got {level!r}")
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 2:
         raise ValueError(f"bootstrap must be an integer >= 2 (for a band), got {bootstrap!r}")
+    if form not in (None, "frontier") or (form == "frontier" and law != "chinchilla"):
+        raise ValueError(f"form must be None or 'frontier' (a dense law), got {form!r}")
     rows, skipped = [], []
     for a in axes:
         x = scale(data, a)
@@ -167,14 +173,17 @@ def backtest(
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeriskWarning)
-                    fit = fit_law(
-                        data.subset(below),
-                        law,
-                        starts=starts,
-                        bootstrap=bootstrap,
-                        seed=seed,
-                        **{"fix_E": fix_E, **(options or {})},
-                    )
+                    if form == "frontier":
+                        fit = fit_frontier(data.subset(below), bootstrap=bootstrap, seed=seed)
+                    else:
+                        fit = fit_law(
+                            data.subset(below),
+                            law,
+                            starts=starts,
+                            bootstrap=bootstrap,
+                            seed=seed,
+                            **{"fix_E": fix_E, **(options or {})},
+                        )
             except DataError as exc:
                 skipped.append({"by": a, "cut": cut, "why": str(exc)})
                 continue

@@ -7,13 +7,14 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import optimize, stats
 
 from derisk.errors import DataError, DeriskWarning
 from derisk.scaling._data import RunData
-from derisk.scaling._laws import LAWS, LawForm
+from derisk.scaling._laws import FORMS, LAWS, LawForm
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, approach 3
 
@@ -50,6 +51,41 @@ def objective(
     return loss.sum(axis=-1), grad
 
 
+class Member(NamedTuple):
+    """One form in a model average: its weight, its parameters, and the closed form they
+    belong to (a key of `FORMS`: the law's own, e.g. "chinchilla", or "frontier")."""
+
+    weight: float
+    theta: tuple[float, ...]
+    form: str
+
+
+@dataclass(frozen=True, eq=False)
+class Refits:
+    """The pooled bootstrap refits of a model average whose members have different forms:
+    refit i is `thetas[i]` of form `forms[i]` (their lengths differ with the form)."""
+
+    forms: tuple[str, ...]
+    thetas: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return len(self.thetas)
+
+    def of_form(self, form: str) -> np.ndarray:
+        """(k, P) the refits of one form."""
+        rows = [t for f, t in zip(self.forms, self.thetas, strict=True) if f == form]
+        return np.stack(rows) if rows else np.empty((0, len(FORMS[form].params)))
+
+    def log_predict(self, X: np.ndarray) -> np.ndarray:
+        """(B, n) each refit's log prediction at log inputs X, in refit order."""
+        out = np.empty((len(self), len(X)))
+        forms = np.array(self.forms)
+        for form in dict.fromkeys(self.forms):
+            at = np.flatnonzero(forms == form)
+            out[at] = FORMS[form].log_predict(np.stack([self.thetas[i] for i in at]), X)
+        return out
+
+
 @dataclass(frozen=True)
 class FitResult:
     """A fitted law (scipy.optimize style: success, status, message).
@@ -81,18 +117,39 @@ class FitResult:
     backtest: dict | None = None  # Backtest.as_dict() of the same data and law
     calibration: dict | None = None  # the extrapolation-error term fitted from the backtest
     remedy: dict | None = None  # for a degenerate fit: the remedies tried and the one chosen
-    # a model average: ((weight, theta), ...) of one law form; the point prediction is the
-    # weighted mean of their log predictions, `bootstrap` their pooled refits, `theta` the
-    # heaviest member's (what `params` and allocation read)
-    members: tuple | None = None
+    # a model average: (Member(weight, theta, form), ...); the point prediction is the
+    # weighted mean of their log predictions, `bootstrap` their pooled refits (a `Refits`
+    # when the forms differ), `theta` and `form` the heaviest member's (what `params` reads)
+    members: tuple[Member, ...] | None = None
+    # the closed form `theta` belongs to: None for the law's own (LAWS[law]), "frontier"
+    # for the IsoFLOP approach-2 frontier (`derisk.scaling._frontier`)
+    form: str | None = None
+
+    def law_form(self):
+        """The closed form of `theta` and `bootstrap` (a LawForm or the FrontierForm)."""
+        return FORMS[self.form or self.law]
+
+    def log_samples(self, X: np.ndarray) -> np.ndarray:
+        """(B, n) log predictions at log inputs X under each bootstrap refit (under the
+        fit itself, B = 1, without a bootstrap)."""
+        if isinstance(self.bootstrap, Refits):
+            return self.bootstrap.log_predict(X)
+        thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
+        return self.law_form().log_predict(thetas, X)
 
     def intervals(self, level: float = 0.8) -> dict[str, tuple[float, float]]:
-        """Central bootstrap intervals of the readable parameters."""
+        """Central bootstrap intervals of the readable parameters (for a model average
+        of several forms, over the refits of the form `params` are in)."""
         if self.bootstrap is None or not len(self.bootstrap):
             return {}
-        law = LAWS[self.law]
+        law = self.law_form()
+        boot = self.bootstrap
+        if isinstance(boot, Refits):
+            boot = boot.of_form(law.name)
+            if not len(boot):
+                return {}
         vals = {k: [] for k in self.params}
-        for th in self.bootstrap:
+        for th in boot:
             for k, v in law.readable(th).items():
                 vals[k].append(v)
         lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
@@ -101,10 +158,14 @@ class FitResult:
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Point prediction of the loss at log inputs X (n, 3); for a model average, the
         weighted mean of its members' log predictions."""
-        law = LAWS[self.law]
         if self.members:
-            return np.exp(sum(w * law.log_predict(np.asarray(t), X) for w, t in self.members))
-        return np.exp(law.log_predict(self.theta, X))
+            return np.exp(
+                sum(
+                    m.weight * FORMS[m.form].log_predict(np.asarray(m.theta), X)
+                    for m in self.members
+                )
+            )
+        return np.exp(self.law_form().log_predict(self.theta, X))
 
     def extrapolation_sigma(self, X: np.ndarray) -> np.ndarray:
         """(n,) log-scale sd of the calibrated extrapolation error at log inputs X: on
@@ -124,9 +185,7 @@ class FitResult:
         """(B, n) samples of the loss: bootstrap parameters x log-normal run noise (x the
         calibrated extrapolation error beyond the fitted runs, unless `calibrated` is
         False)."""
-        law = LAWS[self.law]
-        thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
-        logp = law.log_predict(thetas, X)  # (B, n)
+        logp = self.log_samples(X)  # (B, n)
         if noise and self.sigma_log > 0:
             rng = np.random.default_rng(0) if rng is None else rng
             logp = logp + rng.normal(0.0, self.sigma_log, size=logp.shape)
@@ -168,10 +227,8 @@ class FitResult:
     def prob_below(self, X: np.ndarray, threshold: float, *, calibrated: bool = True) -> np.ndarray:
         """P(loss < threshold) at each input: mean over bootstrap of the noise CDF (run
         noise and, calibrated, the extrapolation error: log-normal, their variances add)."""
-        law = LAWS[self.law]
-        thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
         with np.errstate(all="ignore"):
-            logp = law.log_predict(thetas, X)
+            logp = self.log_samples(X)
         if not np.all(np.isfinite(logp)):
             raise DataError(_non_finite(self, X[0]))
         extra = self.extrapolation_sigma(X) if calibrated else np.zeros(len(X))

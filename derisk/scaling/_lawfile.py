@@ -1,9 +1,14 @@
 """Saved law files: reading them and checking them against their schema.
 
 A law file is JSON written by `save_law`. Anything read back is checked field by field
-before it becomes a `FitResult`: the form is known, `theta` has exactly the form's
-parameters, every number is finite and in range, the bootstrap refits have the same shape
-as `theta`, and the law predicts a finite loss over the runs it was fitted to. A problem
+before it becomes a `FitResult`: the law and its closed form (`form`: null for the law's
+own, "frontier" for the IsoFLOP frontier of a dense law) are known, `theta` has exactly
+the form's parameters within what the form allows, every number is finite and in range,
+the bootstrap refits have the shape of their form (`bootstrap_forms` names each refit's
+form when a model average pools several), a model average's `members` are
+{weight, form, theta} (or, as written before forms were tagged, [weight, theta] of the
+law's own form) with weights summing to 1, and the law and each member predict a finite
+loss over the runs it was fitted to. A problem
 is one line naming the file, the field (as a JSON path: `theta[2]`, `data.params[1]`),
 what is wrong and how to fix it.
 """
@@ -17,8 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from derisk.errors import DataError
-from derisk.scaling._fit import FIT_NOT_CONVERGED, FitResult, diagnose, fit_status
-from derisk.scaling._laws import LAWS
+from derisk.scaling._fit import (
+    FIT_NOT_CONVERGED,
+    FitResult,
+    Member,
+    Refits,
+    diagnose,
+    fit_status,
+)
+from derisk.scaling._laws import FORMS, LAWS
 
 MAX_LAW_BYTES = 64 * 2**20  # a law with 10,000 bootstrap refits is about 1 MB
 MAX_SIGMA_LOG = 5.0  # run-to-run noise of a factor e^5 is no fit at all
@@ -151,10 +163,33 @@ class _Checker:
             self.number(x, f"{field}[{i}]")
         return np.asarray(v, dtype=np.float64)
 
+    def theta(self, v: object, field: str, form) -> np.ndarray:
+        """One parameter vector of `form` (a LawForm or the FrontierForm), its values
+        checked against what the form allows."""
+        names = f"{form.name}: {', '.join(form.params)}"
+        t = self.vector(v, field, len(form.params), names)
+        problem = form.problem(t) if hasattr(form, "problem") else None
+        if problem is not None:
+            self.fail(f"{field}[{problem[0]}]", problem[1])
+        return t
+
     def mapping(self, v: object, field: str) -> dict:
         if not isinstance(v, dict):
             self.fail(field, f"must be a mapping, got {_kind(v)}")
         return v
+
+
+def _check_form(ck: _Checker, field: str, f: object, law: str) -> str:
+    """A form name (a key of FORMS) that a law `law` may hold: its own, or the IsoFLOP
+    frontier for a dense law."""
+    if not isinstance(f, str) or f not in FORMS:
+        ck.fail(field, f"must be one of {', '.join(FORMS)}, got {_kind(f)}")
+    if f != law and not (f == "frontier" and law == "chinchilla"):
+        ck.fail(
+            field,
+            f"is {f}, which a {law} law cannot hold (its own form, or frontier for chinchilla)",
+        )
+    return f
 
 
 def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) -> FitResult:
@@ -173,29 +208,66 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
     law = d["law"]
     if not isinstance(law, str) or law not in LAWS:
         ck.fail("law", f"must be one of {', '.join(LAWS)}, got {_kind(law)}")
-    form = LAWS[law]
-    names = f"{law}: {', '.join(form.params)}"
-    theta = ck.vector(d["theta"], "theta", len(form.params), names)
+    form_name = d.get("form")
+    if form_name is not None and (not isinstance(form_name, str) or form_name not in FORMS):
+        ck.fail("form", f"must be null or one of {', '.join(FORMS)}, got {_kind(form_name)}")
+    form_name = _check_form(ck, "form", form_name or law, law)
+    form = FORMS[form_name]
+    theta = ck.theta(d["theta"], "theta", form)
     boot = d.get("bootstrap")
+    boot_forms = d.get("bootstrap_forms")
     if boot is not None:
         if not isinstance(boot, list) or not boot:
             ck.fail("bootstrap", f"must be null or a non-empty list of refits, got {_kind(boot)}")
-        rows = [ck.vector(r, f"bootstrap[{i}]", len(theta), names) for i, r in enumerate(boot)]
-        boot = np.stack(rows)
+        if boot_forms is None:
+            boot = np.stack([ck.theta(r, f"bootstrap[{i}]", form) for i, r in enumerate(boot)])
+        else:
+            if not isinstance(boot_forms, list) or len(boot_forms) != len(boot):
+                ck.fail(
+                    "bootstrap_forms",
+                    f"must be a list of {len(boot)} form names (one per refit), got "
+                    f"{_kind(boot_forms)}",
+                )
+            forms = [
+                _check_form(ck, f"bootstrap_forms[{i}]", f, law) for i, f in enumerate(boot_forms)
+            ]
+            boot = Refits(
+                forms=tuple(forms),
+                thetas=tuple(
+                    ck.theta(r, f"bootstrap[{i}]", FORMS[f])
+                    for i, (r, f) in enumerate(zip(boot, forms, strict=True))
+                ),
+            )
+    elif boot_forms is not None:
+        ck.fail("bootstrap_forms", "must be null without `bootstrap`")
     members = d.get("members")
     if members is not None:
         if not isinstance(members, list) or len(members) < 2:
             ck.fail(
-                "members", f"must be null or a list of 2+ [weight, theta], got {_kind(members)}"
+                "members",
+                f"must be null or a list of 2+ {{weight, form, theta}}, got {_kind(members)}",
             )
         parsed = []
         for i, m in enumerate(members):
-            if not isinstance(m, list) or len(m) != 2:
-                ck.fail(f"members[{i}]", f"must be [weight, theta], got {_kind(m)}")
-            w = ck.number(m[0], f"members[{i}][0]", lo=0.0, hi=1.0)
-            t = ck.vector(m[1], f"members[{i}][1]", len(theta), names)
-            parsed.append((float(w), tuple(float(x) for x in t)))
-        total = sum(w for w, _ in parsed)
+            field = f"members[{i}]"
+            if isinstance(m, list) and len(m) == 2:  # written before members had a form
+                w, t, f = m[0], m[1], law
+                wf, tf = f"{field}[0]", f"{field}[1]"
+            elif isinstance(m, dict):
+                for key in ("weight", "form", "theta"):
+                    if key not in m:
+                        ck.fail(f"{field}.{key}", "is missing")
+                w, t = m["weight"], m["theta"]
+                f = _check_form(ck, f"{field}.form", m["form"], law)
+                wf, tf = f"{field}.weight", f"{field}.theta"
+            else:
+                ck.fail(
+                    field, f"must be {{weight, form, theta}} (or [weight, theta]), got {_kind(m)}"
+                )
+            w = ck.number(w, wf, lo=0.0, hi=1.0)
+            t = ck.theta(t, tf, FORMS[f])
+            parsed.append(Member(float(w), tuple(float(x) for x in t), f))
+        total = sum(m.weight for m in parsed)
         if not math.isclose(total, 1.0, rel_tol=1e-6):
             ck.fail("members", f"weights must sum to 1, got {total:g}")
         members = tuple(parsed)
@@ -209,7 +281,8 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
         if d.get(key) is not None:
             ck.mapping(d[key], key)
     summary = _check_summary(ck, d.get("data", {}))
-    readable = {k: float(v) for k, v in form.readable(theta).items()}
+    with np.errstate(all="ignore"):
+        readable = {k: float(v) for k, v in form.readable(theta).items()}
     for k, v in readable.items():
         if not math.isfinite(v):
             ck.fail("theta", f"gives {k} = {v} (a log-coefficient too large to exponentiate)")
@@ -224,7 +297,7 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
                     f"params.{k}",
                     f"is {x:g} but `theta` gives {readable[k]:g} (predictions use `theta`)",
                 )
-    status, message, flags = _check_status(ck, d, law, theta, summary)
+    status, message, flags = _check_status(ck, d, law if form_name == law else None, theta, summary)
     _check_calibration(ck, d.get("calibration"))
     fit = FitResult(
         law=law,
@@ -248,6 +321,7 @@ def fit_from_json(d: object, source: str = "<law>", *, name: str | None = None) 
         calibration=d.get("calibration"),
         remedy=d.get("remedy"),
         members=members,
+        form=None if form_name == law else form_name,
     )
     _check_predictions(ck, fit)
     return fit
@@ -269,9 +343,12 @@ def _check_calibration(ck: _Checker, cal: dict | None) -> None:
         ck.number(term.get("per_decade"), f"{field}.per_decade", lo=0.0, hi=MAX_SIGMA_LOG)
 
 
-def _check_status(ck: _Checker, d: dict, law: str, theta: np.ndarray, summary: dict):
+def _check_status(ck: _Checker, d: dict, law: str | None, theta: np.ndarray, summary: dict):
     """(status, message, flags): as saved, or (laws saved before fits had a status)
-    diagnosed again from the parameters and the runs' lowest loss."""
+    diagnosed again from the parameters and the runs' lowest loss (law None: a form
+    `diagnose` does not know, which files have only ever been written with a status)."""
+    if d.get("status") is None and law is None:
+        ck.fail("status", "is missing (a frontier law is always saved with one)")
     if d.get("status") is None:
         lowest = (summary.get("loss") or [np.nan])[0]
         fixed = not np.isfinite(lowest)  # no runs summary: E cannot be judged
@@ -341,13 +418,18 @@ def _check_predictions(ck: _Checker, fit: FitResult) -> None:
     corners = np.array(
         [[np.log(p), np.log(t), np.log(x)] for p in (p_lo, p_hi) for t in (d_lo, d_hi) for x in g]
     )
-    form = LAWS[fit.law]
     with np.errstate(all="ignore"):
-        point = form.log_predict(fit.theta, corners)
+        point = fit.law_form().log_predict(fit.theta, corners)
         if not np.all(np.isfinite(point) & (point < 700)):
             ck.fail("theta", "predicts a non-finite loss over the law's own fitted runs")
+        for i, m in enumerate(fit.members or ()):
+            lp = FORMS[m.form].log_predict(np.asarray(m.theta), corners)
+            if not np.all(np.isfinite(lp) & (lp < 700)):
+                ck.fail(
+                    f"members[{i}]", "predicts a non-finite loss over the law's own fitted runs"
+                )
         if fit.bootstrap is not None:
-            boot = form.log_predict(fit.bootstrap, corners)  # (B, K)
+            boot = fit.log_samples(corners)  # (B, K)
             bad = ~np.all(np.isfinite(boot) & (boot < 700), axis=1)
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])

@@ -156,3 +156,69 @@ LAWS = {
         ),
     ),
 }
+
+
+FRONTIER_PARAMS = ("c_ref", "n0", "a", "E", "b", "g", "k0", "k1")
+
+
+@dataclass(frozen=True)
+class FrontierForm:
+    """The IsoFLOP approach-2 frontier read as a law of (N, D) (`derisk.scaling._frontier`
+    fits it; this is its closed form). With C = 6ND and u = log C - c_ref:
+
+        log N_opt(C) = n0 + a u                     (N_opt = k_n C^a)
+        L*(C)        = E + exp(b - g u)             (E = 0: a pure power law)
+        c(C)         = exp(k0 + k1 u)               (k1 = 0: one curvature for all C)
+        L(N, D)      = L*(C) + c(C) (log N - log N_opt(C))^2
+
+    theta = (c_ref, n0, a, E, b, g, k0, k1); c_ref only centres log C (the slices' mean).
+    Not a LogSumExp of linear terms, so `fit_law` cannot fit it and it is not in LAWS.
+    """
+
+    name: str = "frontier"
+    params: tuple[str, ...] = FRONTIER_PARAMS
+    inputs: tuple[str, ...] = ("params", "tokens")
+
+    @staticmethod
+    def parts(theta: np.ndarray, log_c: np.ndarray):
+        """(log N_opt, L*, curvature) at log compute `log_c` (n,) for theta (..., 8)."""
+        th = np.asarray(theta, dtype=np.float64)[..., None, :]
+        u = log_c - th[..., 0]
+        x_opt = th[..., 1] + th[..., 2] * u
+        l_opt = th[..., 3] + np.exp(th[..., 4] - th[..., 5] * u)
+        curv = np.exp(th[..., 6] + th[..., 7] * u)
+        return x_opt, l_opt, curv
+
+    def log_predict(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """theta (..., 8), X (n, 3) of log N, log D, (unused) -> log L (..., n)."""
+        x_opt, l_opt, curv = self.parts(theta, np.log(6.0) + X[:, 0] + X[:, 1])
+        return np.log(l_opt + curv * (X[:, 0] - x_opt) ** 2)
+
+    def readable(self, theta: np.ndarray) -> dict[str, float]:
+        """N_opt = k_n C^a, L* = E + B C^-gamma, curvature kappa C^kappa_slope (C in FLOPs)."""
+        t = theta
+        return {
+            "E": t[3],
+            "B": np.exp(t[4] + t[5] * t[0]),
+            "gamma": t[5],
+            "a": t[2],
+            "k_n": np.exp(t[1] - t[2] * t[0]),
+            "kappa": np.exp(t[6] - t[7] * t[0]),
+            "kappa_slope": t[7],
+        }
+
+    def problem(self, theta: np.ndarray) -> tuple[int, str] | None:
+        """(index, what is wrong) for parameters no fit gives (a law file's check), or
+        None: E below 0 (losses could turn negative), a centre c_ref that is no log
+        compute. Exponents are not bounded here: a bootstrap refit may leave any range."""
+        t = np.asarray(theta, dtype=np.float64)
+        if not t[3] >= 0.0:
+            return 3, f"E must be at least 0, got {t[3]!r}"
+        if not abs(t[0]) < 1e3:
+            return 0, f"c_ref (log FLOPs) must be a plausible log compute, got {t[0]!r}"
+        return None
+
+
+FRONTIER = FrontierForm()
+# every closed form a fit's `theta` (or a model average's member) may belong to
+FORMS = {**LAWS, FRONTIER.name: FRONTIER}

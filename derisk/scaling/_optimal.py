@@ -15,8 +15,9 @@ from derisk._flops import TRAINER_VOCAB, flops_per_token_from_params
 from derisk._paths import data_path
 from derisk.errors import DataError
 from derisk.scaling._data import RunData
-from derisk.scaling._fit import FitResult
+from derisk.scaling._fit import FitResult, Refits
 from derisk.scaling._lawfile import fit_from_json, load_law_file
+from derisk.scaling._laws import FORMS
 
 
 def flops_per_token(
@@ -40,11 +41,32 @@ class Allocation:
     method: str  # "closed form (C = 6ND)" or "numeric (exact FLOPs)"
 
 
-def _chinchilla_like(fit: FitResult) -> tuple[float, float, float, float, float]:
-    p = fit.params
-    if fit.law == "moe_experts":
+def _closed_form_params(form: str, theta, flops: float) -> float:
+    """N* at compute `flops` under C = 6ND for one closed form: Chinchilla's (Hoffmann
+    et al. 2022, eq. 4: N* = G (C/6)^(b/(a+b)), G = (alpha A / (beta B))^(1/(a+b))) or the
+    IsoFLOP frontier's own N_opt(C) = k_n C^a.
+
+    Raises DataError for exponents under which loss would not fall with compute."""
+    p = FORMS[form].readable(np.asarray(theta, dtype=np.float64))
+    if form == "frontier":
+        if not 0 < p["a"] < 1:
+            raise DataError(
+                f"the frontier's N_opt ~ C^a needs 0 < a < 1 for a compute-optimal size, "
+                f"got a = {p['a']:g}"
+            )
+        with np.errstate(all="ignore"):
+            return float(np.exp(FORMS[form].parts(theta, np.log([flops]))[0][0]))
+    if form != "chinchilla":
         raise ValueError("use effective_params for MoE laws; allocate with the dense view")
-    return p["E"], p["A"], p["B"], p["alpha"], p["beta"]
+    A, B, al, be = p["A"], p["B"], p["alpha"], p["beta"]
+    if not (al > 0 and be > 0):
+        raise DataError(
+            f"the law's exponents must be positive for a compute-optimal size (alpha "
+            f"{al:g}, beta {be:g}): loss would not fall with model size or tokens"
+        )
+    with np.errstate(all="ignore"):
+        G = (al * A / (be * B)) ** (1 / (al + be))
+        return float(G * (flops / 6) ** (be / (al + be)))
 
 
 def optimal_allocation(
@@ -58,46 +80,60 @@ def optimal_allocation(
 ) -> Allocation:
     """N*(C), D*(C) minimising the fitted loss at compute C.
 
-    Closed form under C = 6ND (Hoffmann et al. 2022, eq. 4):
-    N* = G (C/6)^(b/(a+b)), D* = G^-1 (C/6)^(a/(a+b)), G = (alpha A / (beta B))^(1/(a+b)).
-    With exact=True, C = D x flops_per_token(N) (attention included), solved numerically.
-    The loss interval includes the law's calibrated extrapolation error unless
-    `calibrated` is False.
+    Closed form under C = 6ND: for Chinchilla's form Hoffmann et al. 2022, eq. 4,
+    N* = G (C/6)^(b/(a+b)), D* = G^-1 (C/6)^(a/(a+b)), G = (alpha A / (beta B))^(1/(a+b));
+    for the IsoFLOP frontier its own N_opt(C) = k_n C^a, D* = C / (6 N*). A model average
+    has no closed form: its loss (the weighted log mean of its members') is minimised
+    numerically along C = 6ND, between its members' own optima widened by a decade.
+    With exact=True, C = D x flops_per_token(N) (attention included), solved numerically
+    for any law. The loss interval includes the law's calibrated extrapolation error
+    unless `calibrated` is False.
     """
     if not (np.isfinite(flops) and flops > 0):
         raise ValueError(f"flops must be a positive number, got {flops!r}")
     if fit.law != "chinchilla":
         raise ValueError(f"compute-optimal allocation needs a dense law; got {fit.law}")
-    E, A, B, al, be = _chinchilla_like(fit)
-    if not (al > 0 and be > 0):
-        raise DataError(
-            f"the law's exponents must be positive for a compute-optimal size (alpha "
-            f"{al:g}, beta {be:g}): loss would not fall with model size or tokens"
-        )
     if not (isinstance(seq_len, int | np.integer) and seq_len >= 1):
         raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
     if exact and not flops / 6 > 1e3:
         raise ValueError(f"flops must be above 6e3 for the exact allocation, got {flops:g}")
-    if not exact:
-        with np.errstate(all="ignore"):
-            G = (al * A / (be * B)) ** (1 / (al + be))
-            n = G * (flops / 6) ** (be / (al + be))
-            d = (flops / 6) ** (al / (al + be)) / G
-        method = "closed form (C = 6ND)"
+    members = fit.members or ((1.0, tuple(fit.theta), fit.form or fit.law),)
+    own = [_closed_form_params(form, theta, flops) for _, theta, form in members]
+
+    def tokens(n_):
+        return flops / (flops_per_token(n_, seq_len=seq_len) if exact else 6.0 * n_)
+
+    if not exact and not fit.members:
+        n = own[0]
+        d = flops / 6 / n
+        method = (
+            "IsoFLOP frontier (N_opt = k C^a, C = 6ND)"
+            if fit.form == "frontier"
+            else "closed form (C = 6ND)"
+        )
     else:
 
         def loss_at(logn):
             n_ = np.exp(logn)
-            d_ = flops / flops_per_token(n_, seq_len=seq_len)
-            return E + A / n_**al + B / d_**be
+            with np.errstate(all="ignore"):
+                return float(np.log(fit.predict(np.array([[logn, np.log(tokens(n_)), 0.0]]))[0]))
 
         lo, hi = np.log(1e3), np.log(flops / 6 / 1.0)
+        if not exact:  # a model average: between its members' optima, a decade either side
+            logs = np.log(own)
+            if np.all(np.isfinite(logs)):
+                lo = max(lo, float(logs.min()) - np.log(10.0))
+                hi = min(hi, float(logs.max()) + np.log(10.0))
         res = optimize.minimize_scalar(
             loss_at, bounds=(lo, hi), method="bounded", options={"xatol": 1e-10}
         )
         n = float(np.exp(res.x))
-        d = flops / float(flops_per_token(n, seq_len=seq_len))
-        method = "numeric (exact FLOPs, attention included)"
+        d = float(tokens(n))
+        method = (
+            "numeric (exact FLOPs, attention included)"
+            if exact
+            else "numeric (model average, C = 6ND)"
+        )
     if not (np.isfinite(n) and np.isfinite(d) and n > 0 and d > 0):
         raise DataError(
             f"the law's compute-optimal allocation at {flops:g} FLOPs is not finite "
@@ -139,24 +175,27 @@ def effective_params(
 
 @dataclass(frozen=True)
 class IsoFlopFit:
-    """Approach 2: per-budget parabola minima, then N_opt = k C^a."""
+    """Approach 2: per-budget parabola minima, then N_opt = k C^a.
+
+    Per slice (one entry per budget kept): `budgets` (mean 6ND of the parabola's runs),
+    `n_opt` (the parabola's minimum), `loss_opt` (the loss there), `curvature` (the
+    parabola's coefficient c in L = L_opt + c (log N - log N_opt)^2) and `runs` (the row
+    indices of the slice's runs, all of them, before the window around the best run).
+    """
 
     budgets: np.ndarray
     n_opt: np.ndarray
     a: float  # exponent of N_opt in C
     b: float  # exponent of D_opt in C
     k_n: float
+    loss_opt: np.ndarray | None = None
+    curvature: np.ndarray | None = None
+    runs: tuple[np.ndarray, ...] = ()
 
 
-def isoflop_fit(
-    data: RunData, *, rel_tol: float = 0.1, min_points: int = 3, window_decades: float = 0.5
-) -> IsoFlopFit:
-    """Group runs into IsoFLOP slices (C = 6ND within rel_tol), fit a parabola of loss in
-    log N per slice, and a power law to the minima (Hoffmann et al. 2022, approach 2).
-
-    Each parabola uses only the runs within `window_decades` of the slice's best run: the
-    loss is not symmetric in log N, so a parabola over a wide slice misplaces the minimum.
-    """
+def isoflop_slices(data: RunData, rel_tol: float = 0.1) -> list[np.ndarray]:
+    """Row indices of the runs in each IsoFLOP slice: runs sorted by C = 6ND, a slice
+    holding every run within `rel_tol` of its smallest C."""
     C = 6 * data.params * data.tokens
     order = np.argsort(C)
     groups, cur = [], [order[0]]
@@ -167,34 +206,80 @@ def isoflop_fit(
             groups.append(cur)
             cur = [i]
     groups.append(cur)
-    budgets, nopt = [], []
-    for g in groups:
-        if len(g) < min_points or len(np.unique(data.params[g])) < 3:
-            continue
-        g = np.asarray(g)
-        best = g[np.argmin(data.loss[g])]
-        near = np.abs(np.log10(data.params[g] / data.params[best])) <= window_decades
-        g = g[near]
-        if len(g) < min_points:
-            continue
-        x = np.log(data.params[g])
-        c2, c1, _ = np.polyfit(x, data.loss[g], 2)
-        if c2 <= 0:
-            continue
-        xm = -c1 / (2 * c2)
-        if not (x.min() <= xm <= x.max()):
-            continue  # minimum outside the slice: not identified
-        budgets.append(float(np.mean(C[g])))
-        nopt.append(float(np.exp(xm)))
-    if len(budgets) < 2:
+    return [np.asarray(g) for g in groups]
+
+
+def slice_window(data: RunData, rows: np.ndarray, window_decades: float = 0.5) -> np.ndarray:
+    """The rows of a slice within `window_decades` of its best (lowest-loss) run's size."""
+    g = np.asarray(rows)
+    best = g[np.argmin(data.loss[g])]
+    return g[np.abs(np.log10(data.params[g] / data.params[best])) <= window_decades]
+
+
+def slice_parabola(
+    data: RunData, rows: np.ndarray, *, min_points: int = 3, window_decades: float = 0.5
+) -> tuple[float, float, float, float] | None:
+    """(budget, log N at the minimum, loss there, curvature) of one slice's parabola of
+    loss in log N, or None when the slice does not bracket an identified minimum (too few
+    points or distinct sizes, a parabola opening downwards, its minimum outside the
+    slice). Only runs within `window_decades` of the slice's best run enter the fit: the
+    loss is not symmetric in log N, so a parabola over a wide slice misplaces the minimum.
+    """
+    g = np.asarray(rows)
+    if len(g) < min_points or len(np.unique(data.params[g])) < 3:
+        return None
+    g = slice_window(data, g, window_decades)
+    if len(g) < min_points or len(np.unique(data.params[g])) < 3:
+        return None
+    x = np.log(data.params[g])
+    c2, c1, c0 = np.polyfit(x, data.loss[g], 2)
+    if c2 <= 0:
+        return None
+    xm = -c1 / (2 * c2)
+    if not (x.min() <= xm <= x.max()):
+        return None  # minimum outside the slice: not identified
+    lmin = c0 - c1**2 / (4 * c2)
+    if not lmin > 0:
+        return None  # a parabola through a few noisy runs dipping below zero loss
+    C = 6 * data.params[g] * data.tokens[g]
+    return float(np.mean(C)), float(xm), float(lmin), float(c2)
+
+
+def isoflop_fit(
+    data: RunData, *, rel_tol: float = 0.1, min_points: int = 3, window_decades: float = 0.5
+) -> IsoFlopFit:
+    """Group runs into IsoFLOP slices (C = 6ND within rel_tol), fit a parabola of loss in
+    log N per slice, and a power law to the minima (Hoffmann et al. 2022, approach 2).
+
+    A slice counts when it has `min_points` runs at 3+ distinct sizes and its parabola
+    brackets its minimum (`slice_parabola`); the data has IsoFLOP structure when 2+
+    slices count.
+
+    Raises DataError when fewer than 2 slices count.
+    """
+    kept, runs = [], []
+    for g in isoflop_slices(data, rel_tol):
+        p = slice_parabola(data, g, min_points=min_points, window_decades=window_decades)
+        if p is not None:
+            kept.append(p)
+            runs.append(g)
+    if len(kept) < 2:
         raise DataError(
             f"{data.source}: no IsoFLOP structure (need 2+ compute budgets with 3+ "
             "model sizes each, bracketing the optimum); use the approach-3 fit"
         )
-    budgets, nopt = np.array(budgets), np.array(nopt)
+    budgets, xm, lmin, curv = (np.array(v) for v in zip(*kept, strict=True))
+    nopt = np.exp(xm)
     a, logk = np.polyfit(np.log(budgets), np.log(nopt), 1)
     return IsoFlopFit(
-        budgets=budgets, n_opt=nopt, a=float(a), b=float(1 - a), k_n=float(np.exp(logk))
+        budgets=budgets,
+        n_opt=nopt,
+        a=float(a),
+        b=float(1 - a),
+        k_n=float(np.exp(logk)),
+        loss_opt=lmin,
+        curvature=curv,
+        runs=tuple(runs),
     )
 
 
@@ -206,7 +291,21 @@ def laws_dir() -> Path:
     return data_path("DERISK_LAWS", "laws")
 
 
+def _refits_json(boot) -> list | None:
+    if boot is None:
+        return None
+    if isinstance(boot, Refits):
+        return [t.tolist() for t in boot.thetas]
+    return boot.tolist()
+
+
 def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
+    """The law-file body of a fit (`save_law` writes it, `_lawfile` reads it back).
+
+    `form` is null for the law's own closed form, "frontier" for the IsoFLOP frontier;
+    a model average's `members` are {weight, form, theta} (files written before forms
+    were tagged hold [weight, theta], read as the law's own form); `bootstrap_forms`
+    names each refit's form when a model average pools refits of several forms."""
     return {
         "version": 1,
         "law": fit.law,
@@ -219,14 +318,18 @@ def fit_to_json(fit: FitResult, *, provenance: dict | None = None) -> dict:
         "n": fit.n,
         "starts": fit.starts,
         "starts_at_optimum": fit.starts_at_optimum,
-        "bootstrap": None if fit.bootstrap is None else fit.bootstrap.tolist(),
+        "bootstrap": _refits_json(fit.bootstrap),
+        "bootstrap_forms": list(fit.bootstrap.forms) if isinstance(fit.bootstrap, Refits) else None,
         "status": fit.status,
         "message": fit.message,
         "flags": list(fit.flags),
         "backtest": fit.backtest,
         "calibration": fit.calibration,
         "remedy": fit.remedy,
-        "members": None if fit.members is None else [[w, list(t)] for w, t in fit.members],
+        "form": fit.form,
+        "members": None
+        if fit.members is None
+        else [{"weight": m.weight, "form": m.form, "theta": list(m.theta)} for m in fit.members],
         "data": fit.summary,
         "provenance": provenance or {},
     }

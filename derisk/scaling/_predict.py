@@ -303,9 +303,8 @@ def world_probs(
     from scipy import stats
 
     def draws(f, xx):
-        thetas = f.bootstrap if f.bootstrap is not None else f.theta[None]
         with np.errstate(all="ignore"):
-            lp = LAWS[f.law].log_predict(thetas, xx[:1])[:, 0]
+            lp = f.log_samples(xx[:1])[:, 0]
         if not np.all(np.isfinite(lp)):
             raise DataError(_non_finite(f, xx[0]))
         return lp, f.sigma_log**2 + float(f.extrapolation_sigma(xx[:1])[0]) ** 2

@@ -9,7 +9,18 @@ where a plan uses it. Each remedy is a constraint the data could not supply:
 - `prior`: weakly informative Gaussian priors on alpha and beta, mean 0.35, sd 0.15
   (the published exponents for language models sit roughly in 0.1-0.7);
 - `power`: the other way round: no irreducible term at all (E held at 0), pure power
-  laws in N and D, for data whose losses are still far from any floor.
+  laws in N and D, for data whose losses are still far from any floor;
+- `frontier`: another form altogether, the IsoFLOP approach-2 frontier read as a law of
+  (N, D) (`derisk.scaling._frontier`), for a dense law whose runs form IsoFLOP slices
+  (`isoflop_fit`'s rule: 2+ budgets with 3+ distinct sizes each, bracketing their
+  minimum). On data without slices it is not a candidate at all. Every backtest cut must
+  have slices too: the candidates are compared on the same held-out runs, so when a cut
+  the plain fit was scored on has no slices below it, the frontier is dropped from the
+  remedies altogether (its score would be over fewer, different runs), and the remedy
+  table says which cut and why. Cuts the plain fit could not fit are left out of the
+  frontier's backtest for the same reason;
+- `average`: the candidates above, averaged in log space, weighted by 1 / their backtest
+  mean squared log error (`average_fits`); the members keep their forms.
 
 Each candidate, the unremedied fit included, is backtested on the same cuts, and the
 one with the lowest mean absolute log error on the held-out larger runs is kept. The
@@ -27,9 +38,12 @@ import numpy as np
 from derisk.errors import DataError, DeriskWarning
 from derisk.scaling._backtest import Backtest, backtest, backtest_table, calibrate
 from derisk.scaling._data import RunData
-from derisk.scaling._fit import FIT_DEGENERATE, FitResult, fit_law
+from derisk.scaling._fit import FIT_DEGENERATE, FitResult, Member, Refits, fit_law
+from derisk.scaling._frontier import fit_frontier
+from derisk.scaling._optimal import isoflop_fit
 
-REMEDIES = ("none", "e_floor", "prior", "power")
+FRONTIER = "frontier"  # the IsoFLOP approach-2 frontier, a form of its own
+REMEDIES = ("none", "e_floor", "prior", "power", FRONTIER)
 AVERAGE = "average"  # the forms averaged, weighted by their backtest accuracy
 PRIOR = (0.35, 0.15)  # mean, sd of alpha and beta
 E_FLOOR_FRACTION = 0.5  # e_floor: E >= this x the lowest observed loss
@@ -47,14 +61,18 @@ def remedy_options(name: str, data: RunData) -> dict:
         return {"exponent_prior": PRIOR}
     if name == "power":
         return {"fix_E": POWER_E * lowest}
+    if name in (FRONTIER, AVERAGE):
+        return {}  # no fit_law options: another form (`fit_frontier`), or several
     raise ValueError(f"remedy must be one of {', '.join(REMEDIES)}, got {name!r}")
 
 
 def average_fits(fits: dict, tests: dict) -> tuple[FitResult, Backtest, dict]:
-    """A model average of fits of one law form, weighted by 1 / their backtest's mean
-    squared log error, and its backtest rebuilt from theirs (same cuts, same held-out
-    runs): point = the weighted mean of the members' log predictions, band = the weighted
-    mean of their log band ends (an approximation of the mixture's).
+    """A model average of fits of one law (their forms may differ: Chinchilla's and the
+    IsoFLOP frontier), weighted by 1 / their backtest's mean squared log error, and its
+    backtest rebuilt from theirs (same cuts, same held-out runs): point = the weighted
+    mean of the members' log predictions, band = the weighted mean of their log band ends
+    (an approximation of the mixture's). Each member keeps its form (`Member`); the
+    pooled refits are a `Refits` when the forms differ.
 
     Returns (fit, backtest, {name: weight}).
     """
@@ -65,7 +83,8 @@ def average_fits(fits: dict, tests: dict) -> tuple[FitResult, Backtest, dict]:
     weights = {n: raw[n] / total for n in names}
     heaviest = max(names, key=weights.get)
     base = fits[heaviest]
-    members = tuple((weights[n], tuple(map(float, fits[n].theta))) for n in names)
+    form = {n: fits[n].form or fits[n].law for n in names}
+    members = tuple(Member(weights[n], tuple(map(float, fits[n].theta)), form[n]) for n in names)
     pooled = None
     if all(fits[n].bootstrap is not None for n in names):
         # refits pooled in proportion to the weights (at least one from each member)
@@ -75,7 +94,13 @@ def average_fits(fits: dict, tests: dict) -> tuple[FitResult, Backtest, dict]:
         for n in names:
             k = max(1, int(round(weights[n] * B)))
             parts.append(fits[n].bootstrap[rng.choice(len(fits[n].bootstrap), size=k)])
-        pooled = np.concatenate(parts)
+        if len(set(form.values())) == 1:
+            pooled = np.concatenate(parts)
+        else:
+            pooled = Refits(
+                forms=tuple(form[n] for n, p in zip(names, parts, strict=True) for _ in p),
+                thetas=tuple(row for p in parts for row in p),
+            )
     sigma = float(np.sqrt(sum(weights[n] * fits[n].sigma_log ** 2 for n in names)))
     fit = dataclasses.replace(
         base,
@@ -114,6 +139,35 @@ def average_fits(fits: dict, tests: dict) -> tuple[FitResult, Backtest, dict]:
     return fit, bt, weights
 
 
+def has_isoflop_slices(data: RunData) -> bool:
+    """Whether the runs form IsoFLOP slices (`isoflop_fit`'s rule)."""
+    try:
+        isoflop_fit(data)
+    except DataError:
+        return False
+    return True
+
+
+def same_cuts(bt: Backtest, reference: Backtest) -> tuple[Backtest, str | None]:
+    """`bt` cut down to the cuts `reference` was scored on, or (bt, why not) when it
+    misses one of them (a cut with no IsoFLOP slices below it)."""
+    mine = {(r.by, r.cut) for r in bt.rows}
+    want = sorted({(r.by, r.cut) for r in reference.rows})
+    lacking = [c for c in want if c not in mine]
+    if lacking:
+        by, cut = lacking[0]
+        why = next(
+            (s["why"] for s in bt.skipped if (s["by"], s["cut"]) == (by, cut)),
+            "no held-out run could be predicted",
+        )
+        return bt, (
+            f"left out: the {by} cut at {cut:.3g} has no IsoFLOP frontier ({why}), so it "
+            "cannot be scored on the same held-out runs as the other forms"
+        )
+    rows = tuple(r for r in bt.rows if (r.by, r.cut) in set(want))
+    return dataclasses.replace(bt, rows=rows, table=tuple(backtest_table(rows))), None
+
+
 def backtest_error(bt: Backtest) -> float:
     """Mean absolute log error of a backtest's held-out runs (both axes pooled)."""
     return float(np.mean([abs(r.log_error) for r in bt.rows]))
@@ -137,9 +191,10 @@ def fit_calibrated(
     fit, try the remedies first and keep the best by backtest error.
 
     `remedy` is "auto" (remedies tried only when the plain fit is degenerate and E is not
-    held by `fix_E`), "none", or one remedy name (that one, compared against the plain
-    fit). Returns (fit, its backtest); the backtest is None, with the fit uncalibrated,
-    when no cut could be fitted (a DeriskWarning says why).
+    held by `fix_E`; `frontier` among them only for a dense law whose runs form IsoFLOP
+    slices), "none", or one remedy name (that one, compared against the plain fit).
+    Returns (fit, its backtest); the backtest is None, with the fit uncalibrated, when
+    no cut could be fitted (a DeriskWarning says why).
 
     Raises DataError for data that cannot identify the law, ValueError for bad options.
     """
@@ -147,11 +202,15 @@ def fit_calibrated(
         raise ValueError(f"remedy must be auto or one of {', '.join(REMEDIES)}, got {remedy!r}")
     if fix_E is not None and remedy not in ("auto", "none"):
         raise ValueError("a remedy changes how E is fitted: give it or fix_E, not both")
+    if remedy == FRONTIER and law != "chinchilla":
+        raise ValueError(f"the frontier remedy is an IsoFLOP fit of a dense law, not {law}")
     common = {"bootstrap": bootstrap, "starts": starts, "seed": seed, "max_rows": max_rows}
     plain = fit_law(data, law, fix_E=fix_E, progress=progress, on_phase=on_phase, **common)
     names = ["none"]
     if remedy == "auto" and plain.status == FIT_DEGENERATE and fix_E is None:
-        names += [r for r in REMEDIES if r != "none"]
+        names += [r for r in REMEDIES if r not in ("none", FRONTIER)]
+        if law == "chinchilla" and has_isoflop_slices(data):
+            names.append(FRONTIER)
     elif remedy not in ("auto", "none"):
         names.append(remedy)
     fits, tests, scores = {"none": plain}, {}, {}
@@ -163,7 +222,10 @@ def fit_calibrated(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeriskWarning)
                 try:
-                    fits[name] = fit_law(data, law, **opts, **common)
+                    if name == FRONTIER:
+                        fits[name] = fit_frontier(data, bootstrap=bootstrap, seed=seed)
+                    else:
+                        fits[name] = fit_law(data, law, **opts, **common)
                 except DataError as exc:
                     scores[name] = {"error": str(exc)}
                     continue
@@ -175,6 +237,7 @@ def fit_calibrated(
                 seed=seed,
                 fix_E=fix_E if name == "none" else None,
                 options=opts,
+                form=FRONTIER if name == FRONTIER else None,
                 on_phase=None
                 if on_phase is None
                 else (lambda m, n=name: on_phase(m if n == "none" else f"remedy {n}: {m}")),
@@ -185,6 +248,12 @@ def fit_calibrated(
                 return plain, None
             scores[name] = {"error": str(exc)}
             continue
+        if name == FRONTIER:
+            tests[name], missing = same_cuts(tests[name], tests["none"])
+            if missing is not None:
+                del tests[name]
+                scores[name] = {"error": missing}
+                continue
         f = fits[name]
         scores[name] = {
             "backtest_mean_abs_log_error": backtest_error(tests[name]),
@@ -192,6 +261,7 @@ def fit_calibrated(
             "status": f.status,
             "flags": list(f.flags),
             "params": dict(f.params),
+            **({"form": f.form, "message": f.message} if f.form else {}),
         }
     usable = [n for n in names if n in tests]
     if remedy == "auto" and len(usable) >= 3:
@@ -205,6 +275,7 @@ def fit_calibrated(
             "flags": list(fits[AVERAGE].flags),
             "params": dict(fits[AVERAGE].params),
             "weights": weights,
+            "forms": {n: fits[n].form or fits[n].law for n in weights},
         }
         usable.append(AVERAGE)
         names.append(AVERAGE)
