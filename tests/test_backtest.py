@@ -79,7 +79,7 @@ def test_default_cuts_on_both_axes_and_bad_options():
     d = bt.as_dict()
     json.dumps(d, allow_nan=False)  # the table's open-ended bin is None, not inf
     with pytest.raises(ValueError, match="by must be one of"):
-        backtest(data, by="tokens")
+        backtest(data, by="flops")
     with pytest.raises(ValueError, match="bootstrap must be"):
         backtest(data, bootstrap=1)
     with pytest.raises(DataError, match="no backtest cut could be fitted"):
@@ -136,8 +136,15 @@ def calibrated():
 def test_calibration_leaves_in_range_alone_and_widens_out_of_range(calibrated):
     data, fit, cal = calibrated
     c = cal.calibration
-    assert c["kind"] == "lognormal_linear" and set(c["axes"]) == {"compute", "params"}
-    assert all(t["per_decade"] > 0 for t in c["axes"].values())
+    assert c["kind"] == "lognormal_linear"
+    assert set(c["axes"]) == {"compute", "params", "tokens"}
+    measured = [c["axes"][a]["per_decade"] for a in ("compute", "params")]
+    assert max(measured) > 0
+    # tokens is not cut along: it borrows the larger measured scale, its reference the
+    # data's most tokens
+    tok = c["axes"]["tokens"]
+    assert tok["borrowed"] and tok["reference"] == float(data.tokens.max())
+    assert tok["per_decade"] == max(measured)
     compute = c["axes"]["compute"]["reference"]
     assert compute == pytest.approx(float((6 * data.params * data.tokens).max()))
     assert c["axes"]["params"]["reference"] == float(data.params.max())
@@ -193,8 +200,8 @@ def test_calibration_is_saved_checked_and_switched_off_on_the_cli(calibrated, tm
     bad["calibration"]["axes"]["params"]["per_decade"] = -1
     with pytest.raises(LawFileError, match="calibration.axes.params.per_decade"):
         fit_from_json(bad, "x")
-    bad["calibration"]["axes"] = {"tokens": {"reference": 1.0, "per_decade": 0.1}}
-    with pytest.raises(LawFileError, match="calibration.axes.tokens"):
+    bad["calibration"]["axes"] = {"flops": {"reference": 1.0, "per_decade": 0.1}}
+    with pytest.raises(LawFileError, match="calibration.axes.flops"):
         fit_from_json(bad, "x")
     old = fit_to_json(cal)
     del old["calibration"]

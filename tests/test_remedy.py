@@ -122,14 +122,14 @@ def test_calibration_takes_the_quantile_over_cuts(remedied):
     data, fit, bt = remedied
     cal = calibrate(fit, bt, data)
     for axis, term in cal.calibration["axes"].items():
+        if term.get("borrowed"):
+            continue
         rows = [r for r in bt.rows if r.by == axis]
         cuts = sorted({r.cut for r in rows})
         per_cut = [extrapolation_scale([r for r in rows if r.cut == c]) for c in cuts]
         assert term["per_cut"] == pytest.approx(per_cut)
-        k = np.sort(per_cut)
-        pos = 0.8 * (len(k) - 1)  # linear interpolation between order statistics
-        lo = int(np.floor(pos))
-        want = k[lo] + (pos - lo) * (k[min(lo + 1, len(k) - 1)] - k[lo])
+        # the finite-sample median: the ceil((m + 1) / 2)-th smallest of m cuts' scales
+        want = sorted(per_cut)[-(-(len(per_cut) + 1) // 2) - 1]
         assert term["per_decade"] == pytest.approx(want)
 
 

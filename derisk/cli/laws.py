@@ -317,6 +317,12 @@ def fit(
         _backtest_chart(bt, result.calibration)
     if result.calibration:
         for axis, c in result.calibration["axes"].items():
+            if c.get("borrowed"):
+                out.print(
+                    f"calibrated by {axis}: not cut along; borrows {c['per_decade']:.4f} per "
+                    "decade (the largest measured scale) beyond the largest run"
+                )
+                continue
             out.print(
                 f"calibrated by {axis}: extrapolation error (log sd) {c['per_decade']:.4f} "
                 f"per decade beyond the largest run; backtest runs inside the 80% band "

@@ -26,7 +26,8 @@ from derisk.scaling._fit import FitResult, fit_law
 from derisk.scaling._frontier import fit_frontier
 from derisk.scaling._predict import law_inputs
 
-AXES = ("compute", "params")
+AXES = ("compute", "params")  # cut along; tokens D borrows (see `calibrate`)
+CAL_AXES = ("compute", "params", "tokens")  # the calibration covers all three
 DECADE_EDGES = (0.0, 0.25, 0.5, 1.0, 2.0, math.inf)  # bins of extrapolation distance
 CUT_FRACTIONS = (0.5, 0.6, 0.7, 0.8)  # default cuts: these fractions of the runs fitted
 BACKTEST_BOOTSTRAP = 20  # refits per cut: enough for a rough 80% band, cheap on 2 cores
@@ -34,11 +35,13 @@ BACKTEST_STARTS = 16  # L-BFGS starts per cut (a full fit uses 64)
 
 
 def scale(data: RunData, by: str) -> np.ndarray:
-    """The axis a backtest cuts along: training compute 6ND, or parameters N."""
+    """The axis a backtest cuts along: training compute 6ND, parameters N, or tokens D."""
     if by == "compute":
         return 6.0 * data.params * data.tokens
     if by == "params":
         return np.asarray(data.params, dtype=np.float64)
+    if by == "tokens":
+        return np.asarray(data.tokens, dtype=np.float64)
     raise ValueError(f"by must be one of {', '.join(AXES)}, got {by!r}")
 
 
@@ -256,12 +259,26 @@ def extrapolation_scale(rows: Sequence[BacktestRow], level: float = 0.8) -> floa
     return float(np.quantile(need, level, method="higher"))
 
 
-def cut_quantile(values: Sequence[float], level: float) -> float:
-    """The `level` quantile (linear interpolation) of per-cut scales. Each cut is one draw
-    of how wrong the law's form is beyond its runs, and the runs one cut predicts share
-    that one fit, so the cuts, not the runs, are the exchangeable units."""
-    v = np.asarray(values, dtype=np.float64)
-    return float(np.quantile(v, level)) if len(v) else 0.0
+def cut_quantile(values: Sequence[float], level: float = 0.5) -> float:
+    """The finite-sample conformal `level` quantile of per-cut scales: the
+    ceil((m + 1) level)-th smallest of m (the largest when that passes m).
+
+    Each cut's scale is the one that puts 80% of its own held-out runs inside the band;
+    each cut is one draw of how wrong the law's form is beyond its runs, and the runs one
+    cut predicts share that one fit, so the cuts, not the runs, are the exchangeable
+    units. For a new extrapolation, exchangeable with the m cuts, P(its scale <= this
+    one) >= `level`. calibrate takes level 1/2, a median that is valid with 4 cuts, not
+    only asymptotically: the interpolated median of 4 (the mean of the 2nd and 3rd) is
+    exceeded more often than half the time.
+    """
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if not len(v):
+        return 0.0
+    j = min(len(v), math.ceil((len(v) + 1) * level))
+    return float(v[max(j, 1) - 1])
+
+
+CUT_LEVEL = 0.5  # of `cut_quantile`: the chosen scale suffices for a new cut half the time
 
 
 def calibrate(
@@ -270,15 +287,17 @@ def calibrate(
     """`fit` carrying `bt` and an extrapolation-error term fitted from it.
 
     The term is log-normal with sd k_a x d_a, d_a the decades beyond the largest of
-    `data`'s runs on axis a (compute 6ND, parameters N); with several axes the largest
-    of the terms applies (a point can extrapolate in parameters at a compute the runs
-    already reached, as IsoFLOP sweeps do). k_a is fitted on the backtest's rows for
-    that axis: `extrapolation_scale` of each cut's rows, then `cut_quantile` across the
-    cuts (a cut's held-out runs all share one fit's error, so pooling them as if
-    independent understates it: on Chinchilla's points, fit below 5e9 parameters, the
-    pooled scale covered 7 of the 17 larger runs, the per-cut one 16). In range it is 0,
-    so predictions there are unchanged. `predict_loss`, `optimal_allocation` and
-    `FitResult.prob_below` use it unless told `calibrated=False`.
+    `data`'s runs on axis a (compute 6ND, parameters N, tokens D); the largest of the
+    axes' terms applies (a point can extrapolate in parameters, or in tokens, at a compute
+    the runs already reached). k_a is fitted on the backtest's rows for each axis it cut
+    along: `extrapolation_scale` of each cut's rows, then `cut_quantile` across the cuts
+    (a cut's held-out runs all share one fit's error, so pooling them as if independent
+    understates it: on Chinchilla's points, fit below 5e9 parameters, the pooled scale
+    covered 7 of the 17 larger runs, the per-cut one 12). An axis it did not cut along
+    (tokens, by default) borrows the largest k of the others (`borrowed`), so a run far
+    beyond the data in tokens alone is not forecast as if it were in range. In range the
+    term is 0, so predictions there are unchanged. `predict_loss`, `optimal_allocation`
+    and `FitResult.prob_below` use it unless told `calibrated=False`.
 
     Raises DataError when the backtest has no held-out runs on any of the axes.
     """
@@ -292,7 +311,7 @@ def calibrate(
             continue
         cuts = sorted({r.cut for r in rows})
         per_cut = [extrapolation_scale([r for r in rows if r.cut == c], bt.level) for c in cuts]
-        k = min(cut_quantile(per_cut, bt.level), MAX_PER_DECADE)
+        k = min(cut_quantile(per_cut, CUT_LEVEL), MAX_PER_DECADE)
         after = [
             r.inside
             or abs(r.log_error)
@@ -311,5 +330,13 @@ def calibrate(
         raise DataError(
             f"the backtest has no held-out runs by {' or '.join(axes)} to calibrate from"
         )
+    k_max = max(t["per_decade"] for t in terms.values())
+    for a in CAL_AXES:
+        if a not in terms:
+            terms[a] = {
+                "reference": float(scale(data, a).max()),
+                "per_decade": k_max,
+                "borrowed": True,
+            }
     calibration = {"kind": CALIBRATION_KIND, "level": bt.level, "axes": terms}
     return dataclasses.replace(fit, backtest=bt.as_dict(), calibration=calibration)

@@ -169,12 +169,28 @@ class FitResult:
 
     def extrapolation_sigma(self, X: np.ndarray) -> np.ndarray:
         """(n,) log-scale sd of the calibrated extrapolation error at log inputs X: on
-        each axis of the law's `calibration` (compute 6ND, parameters N), its per-decade
-        scale times the decades beyond the largest fitted run; the largest of them. 0 in
-        range or for an uncalibrated law."""
+        each axis (parameters N, tokens D, compute 6ND), its per-decade scale times the
+        decades beyond the largest fitted run; the largest of them. 0 in range or for an
+        uncalibrated law. An axis the law's calibration lacks (tokens, in law files from
+        before it was added) borrows the largest per-decade scale of the others, with its
+        reference from the law's data ranges: a run far beyond the data in tokens alone
+        is not forecast as if it were in range."""
+        axes = dict((self.calibration or {}).get("axes") or {})
         out = np.zeros(len(X))
-        for axis, term in ((self.calibration or {}).get("axes") or {}).items():
-            x = X[:, 0] if axis == "params" else np.log(6.0) + X[:, 0] + X[:, 1]
+        if not axes:
+            return out
+        k_max = max(float(t["per_decade"]) for t in axes.values())
+        seen = self.summary or {}
+        for axis in ("params", "tokens"):
+            if axis not in axes and seen.get(axis):
+                axes[axis] = {"reference": float(seen[axis][1]), "per_decade": k_max}
+        for axis, term in axes.items():
+            if axis == "params":
+                x = X[:, 0]
+            elif axis == "tokens":
+                x = X[:, 1]
+            else:  # compute, 6ND
+                x = np.log(6.0) + X[:, 0] + X[:, 1]
             decades = np.maximum(0.0, (x - np.log(term["reference"])) / np.log(10.0))
             out = np.maximum(out, term["per_decade"] * decades)
         return out
@@ -195,34 +211,44 @@ class FitResult:
             logp = logp + np.random.default_rng(1).standard_normal(logp.shape) * extra
         return np.exp(logp)
 
-    def predictive_interval(self, X: np.ndarray, level: float = 0.8, *, calibrated: bool = True):
-        """Central predictive interval (lo, hi) of the loss at the first row of X; None
-        without bootstrap samples. It always contains the point prediction. With a
-        `calibration` and `calibrated`, it includes the extrapolation error.
+    def predictive_band(self, X: np.ndarray, level: float = 0.8, *, calibrated: bool = True):
+        """(lo, median, hi) of the predictive distribution at the first row of X: the
+        central `level` interval and the median of the same mixture `prob_below` uses
+        (`_mixture`), so P(loss < lo) = (1 - level) / 2 and P(loss < median) = 0.5
+        exactly. None without bootstrap samples.
 
         Raises DataError when the law's samples there are not finite.
         """
         if self.bootstrap is None:
             return None
+        from derisk.scaling._mixture import mixture_band
+
+        thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
         with np.errstate(all="ignore"):
-            s = self.predictive_samples(X[:1], calibrated=calibrated)[:, 0]
+            means = LAWS[self.law].log_predict(thetas, X[:1])[:, 0]
             point = float(self.predict(X[:1])[0])
-        if not (np.all(np.isfinite(s)) and np.isfinite(point)):
+        if not (np.all(np.isfinite(means)) and np.isfinite(point)):
             raise DataError(_non_finite(self, X[0]))
-        q = (1 - level) / 2
-        lo, hi = float(np.quantile(s, q)), float(np.quantile(s, 1 - q))
+        extra = float(self.extrapolation_sigma(X[:1])[0]) if calibrated else 0.0
+        lo, mid, hi = mixture_band(means, math.hypot(self.sigma_log, extra), level)
         if not lo <= point <= hi:
             # Far from the fitted runs the refits' distribution can be so skewed that the
-            # fit itself falls outside their central band: widen the band rather than print
-            # a band that excludes its own point.
+            # fit itself falls outside their band. The band stays the distribution's (it
+            # is what p is computed from); the user is told.
             warnings.warn(
-                "the bootstrap refits' band does not contain the law's prediction here "
-                "(the refits disagree with the fit this far from its runs); the band is "
-                "widened to include it",
+                "the law's own prediction here falls outside its predictive band (the "
+                "bootstrap refits disagree with the fit this far from its runs): trust "
+                "neither far",
                 DeriskWarning,
                 stacklevel=2,
             )
-        return min(lo, point), max(hi, point)
+        return lo, mid, hi
+
+    def predictive_interval(self, X: np.ndarray, level: float = 0.8, *, calibrated: bool = True):
+        """Central `level` predictive interval (lo, hi) at the first row of X (see
+        `predictive_band`); None without bootstrap samples."""
+        band = self.predictive_band(X, level, calibrated=calibrated)
+        return None if band is None else (band[0], band[2])
 
     def prob_below(self, X: np.ndarray, threshold: float, *, calibrated: bool = True) -> np.ndarray:
         """P(loss < threshold) at each input: mean over bootstrap of the noise CDF (run

@@ -336,8 +336,8 @@ def _check_calibration(ck: _Checker, cal: dict | None) -> None:
     axes = ck.mapping(cal.get("axes"), "calibration.axes")
     for axis, term in axes.items():
         field = f"calibration.axes.{axis}"
-        if axis not in ("compute", "params"):
-            ck.fail(field, "is not an axis (compute or params)")
+        if axis not in ("compute", "params", "tokens"):
+            ck.fail(field, "is not an axis (compute, params or tokens)")
         term = ck.mapping(term, field)
         ck.number(term.get("reference"), f"{field}.reference", positive=True)
         ck.number(term.get("per_decade"), f"{field}.per_decade", lo=0.0, hi=MAX_SIGMA_LOG)

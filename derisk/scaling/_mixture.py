@@ -38,9 +38,7 @@ def mixture_quantile(q: float, means: np.ndarray, sigma: float) -> float:
     lo, hi = float(means.min() + z), float(means.max() + z)
     if hi - lo < 1e-15:
         return lo
-    return float(
-        optimize.brentq(lambda y: mixture_cdf(y, means, sigma) - q, lo, hi, xtol=1e-13)
-    )
+    return float(optimize.brentq(lambda y: mixture_cdf(y, means, sigma) - q, lo, hi, xtol=1e-13))
 
 
 def mixture_band(means: np.ndarray, sigma: float, level: float = 0.8):

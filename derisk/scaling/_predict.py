@@ -20,9 +20,12 @@ class Prediction:
     """The law's loss at one (params, tokens[, experts or granularity]) point.
 
     `interval` is the central predictive interval at `level` (parameter uncertainty from the
-    bootstrap and run-to-run noise). With an `observed` loss, `quantile` is where it falls
-    in the predictive distribution (0.5 = on the median; outside [0.1, 0.9] = outside the
-    80% band) and `error` is observed / predicted - 1.
+    bootstrap and run-to-run noise, and beyond the fitted runs the calibrated extrapolation
+    error, whose log sd here is `extra_sigma`), `median` the predictive median: both from
+    the one distribution `p_below` is computed from, so p_below > 0.5 exactly when
+    `below` > `median`. `loss` is the law's point prediction. With an `observed` loss,
+    `quantile` is where it falls in the predictive distribution (0.5 = on the median;
+    outside [0.1, 0.9] = outside the 80% band) and `error` is observed / predicted - 1.
     """
 
     params: float
@@ -39,7 +42,9 @@ class Prediction:
     error: float | None = None
     below: float | None = None  # a target loss, and the probability of beating it
     p_below: float | None = None
-    calibrated: bool = False  # the band includes the law's calibrated extrapolation error
+    calibrated: bool = False  # the law has a calibration and it was applied (may add 0)
+    median: float | None = None  # of the predictive distribution (None without bootstrap)
+    extra_sigma: float = 0.0  # the calibrated extrapolation error's log sd at this point
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +97,9 @@ def predict_loss(
         point = float(fit.predict(X)[0])
     if not math.isfinite(point):
         raise DataError(_non_finite(fit, X[0]))
-    interval = fit.predictive_interval(X, level, calibrated=calibrated)
+    band = fit.predictive_band(X, level, calibrated=calibrated)
+    interval = None if band is None else (band[0], band[2])
+    extra = float(fit.extrapolation_sigma(X)[0]) if calibrated else 0.0
     seen = fit.summary or {}
     p_hi = (seen.get("params") or [params, params])[1]
     d_hi = (seen.get("tokens") or [tokens, tokens])[1]
@@ -117,6 +124,8 @@ def predict_loss(
         below=below,
         p_below=p_below,
         calibrated=bool(calibrated and fit.calibration),
+        median=None if band is None else band[1],
+        extra_sigma=extra,
     )
 
 
