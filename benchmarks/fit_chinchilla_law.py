@@ -29,6 +29,7 @@ fit, _ = fit_calibrated(data, bootstrap=100, seed=0)  # healthy: no remedy neede
 seconds = time.perf_counter() - t0
 fit.summary.update(
     params_col="params",
+    params_kind="total",  # Hoffmann et al. count embeddings and the output layer
     min_tokens=0,
     loss_unit="nats per token (MassiveText, Chinchilla's SentencePiece tokenizer)",
 )

@@ -3,8 +3,12 @@
 Epoch's 240 Chinchilla points (Hoffmann et al. 2022 Figure 4, less the 5 highest losses):
 fit on the runs with N <= 5e9 (with backtest, calibration and, for a degenerate fit, the
 remedies), predict the 17 larger ones, and count how many fall inside the 80% band:
-uncalibrated, calibrated by pooling the backtest's runs (the previous method, rebuilt
-here as the baseline), and calibrated by the quantile over backtest cuts (now).
+uncalibrated, calibrated by pooling the backtest's runs (the first method, rebuilt here),
+and calibrated per cut as `calibrate` does now (the finite-sample median over cuts of each
+cut's scale, on bands that are the predictive mixture's own quantiles, tokens included).
+The previous session's rule (the interpolated 80% quantile over cuts, on Monte Carlo bands,
+no tokens axis) is measured by running this script's version of that session on its code:
+`PYTHONPATH=OLD python OLD/benchmarks/heldout_chinchilla.py ...` beside this one.
 
 Then the IsoFLOP approach-2 frontier on the same split: whether the fitted runs form
 IsoFLOP slices (`isoflop_fit`'s rule), the remedy table of `fit_calibrated(...,
@@ -60,7 +64,7 @@ pooled = dataclasses.replace(
         },
     },
 )
-counts = {"uncalibrated": 0, "pooled (before)": 0, "per cut (now)": 0}
+counts = {"uncalibrated": 0, "pooled over runs": 0, "per cut (now)": 0}
 errors = []
 for i in np.flatnonzero(~small):
     X = law_inputs("chinchilla", N[i], D[i], 1, 1)
@@ -68,7 +72,7 @@ for i in np.flatnonzero(~small):
         warnings.simplefilter("ignore", DeriskWarning)
         bands = {
             "uncalibrated": fit.predictive_interval(X, calibrated=False),
-            "pooled (before)": pooled.predictive_interval(X),
+            "pooled over runs": pooled.predictive_interval(X),
             "per cut (now)": fit.predictive_interval(X),
         }
     for k, (lo, hi) in bands.items():

@@ -200,8 +200,11 @@ def test_the_average_with_a_frontier_member_by_hand(averaged):
         "chinchilla": max(1, round(weights["none"] * 6)),
         "frontier": max(1, round(weights["frontier"] * 6)),
     }
+    # the band is the pooled refits' predictive mixture, the one its p comes from
     lo, hi = predict_loss(avg, N, D).interval
-    assert lo <= avg.predict(law_inputs("chinchilla", N, D))[0] <= hi
+    X = law_inputs("chinchilla", N, D)
+    assert avg.prob_below(X, lo)[0] == pytest.approx(0.1, abs=1e-6)
+    assert avg.prob_below(X, hi)[0] == pytest.approx(0.9, abs=1e-6)
 
 
 def test_allocation_of_an_average_is_its_own_numeric_minimum(averaged):

@@ -389,13 +389,19 @@ def test_a_law_that_would_not_load_is_not_saved(tmp_path):
 # ------------------------------------------------------------- bands and bounded work
 
 
-def test_the_band_always_contains_the_point():
+def test_a_point_outside_its_band_is_said_and_the_band_stays_the_distributions():
+    """When the refits disagree with the fit (here all far above it), the band is still
+    the predictive distribution p is computed from (it used to be widened to include the
+    point, so band and p disagreed); the user is warned instead."""
     fit = fit_from_json(DENSE, "x")
     shifted = np.array(DENSE["bootstrap"]) + [3.0, 0, 0, 0, 0]  # refits far above the fit
     skewed = fit.__class__(**{**fit.__dict__, "bootstrap": shifted})
-    with pytest.warns(DeriskWarning, match="widened"):
+    with pytest.warns(DeriskWarning, match="outside its predictive band"):
         p = predict_loss(skewed, 1e5, 1e6)
-    assert p.interval[0] <= p.loss <= p.interval[1]
+    assert not p.interval[0] <= p.loss <= p.interval[1]
+    X = np.log([[1e5, 1e6, 1.0]])
+    assert skewed.prob_below(X, p.interval[0])[0] == pytest.approx(0.1, abs=1e-6)
+    assert skewed.prob_below(X, p.median)[0] == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(DataError, match="non-finite"):
         predict_loss(fit, 1e-300, 1e6)  # A / N^alpha overflows
 

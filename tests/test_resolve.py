@@ -300,7 +300,7 @@ def _world_ps(law, idx, params, tokens, below):
     loss = np.exp(e) + np.exp(a) / params**alpha + np.exp(b) / tokens**beta
     extra = 0.0
     for axis, term in law["calibration"]["axes"].items():
-        x = params if axis == "params" else 6 * params * tokens
+        x = {"params": params, "tokens": tokens}.get(axis, 6 * params * tokens)
         extra = max(extra, term["per_decade"] * max(0.0, np.log10(x / term["reference"])))
     return stats.norm.cdf((np.log(below) - np.log(loss)) / np.hypot(law["sigma_log"], extra))
 
@@ -572,3 +572,16 @@ def test_a_bad_pricing_default_is_one_problem(tmp_path):
     assert out.exit_code == 2
     lines = [ln for ln in out.stderr.splitlines() if "r.yaml:" in ln]
     assert len(lines) == 1 and "r.yaml:3:" in lines[0] and "mfu" in lines[0]
+
+
+def test_a_law_files_parameter_count_kind_is_checked(tmp_path):
+    import json as _json
+
+    from derisk.scaling import LawFileError, fit_from_json
+
+    shipped = Path(__file__).parent.parent / "derisk/estimators/data/laws/chinchilla.json"
+    d = _json.loads(shipped.read_text())
+    assert d["data"]["params_kind"] == "total"
+    d["data"]["params_kind"] = "embedding"
+    with pytest.raises(LawFileError, match="data.params_kind"):
+        fit_from_json(d, "x")

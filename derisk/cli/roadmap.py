@@ -205,7 +205,8 @@ def estimates_table(estimates: dict, unit: str, outcomes: dict | None = None) ->
     if not estimates:
         return None
     t = Table(title="Estimated from laws and FLOPs", title_justify="left")
-    for col in ("experiment", "law", "FLOPs", "hardware", "cost", "loss (80%)", P_PRIOR, "beyond"):
+    cols = ("experiment", "law", "FLOPs", "hardware", "cost", LOSS_COL, P_PRIOR, "beyond")
+    for col in cols:
         t.add_column(
             col,
             justify="left" if col in ("experiment", "law", "hardware") else "right",
@@ -238,6 +239,7 @@ def estimates_table(estimates: dict, unit: str, outcomes: dict | None = None) ->
 # Column names that say which p and which cost a table shows: the estimates table's p is
 # the law's, before any recorded outcome; a "Runnable now" p is the posterior given them.
 P_PRIOR = "p (prior)"
+LOSS_COL = "loss: median (80%)"  # of the predictive distribution p comes from
 P_NOW = "p now"
 COST_STEPS = "mean cost"
 
@@ -282,7 +284,13 @@ def print_estimates(estimates: dict, unit: str, outcomes: dict | None = None) ->
         for key in ("params", "tokens"):
             r = d.get(key)
             if r:
-                parts.append(f"{key} {fmt(r[0])}-{fmt(r[-1])}")
+                what = key
+                if key == "params":  # which count the law was fitted on, and is fed
+                    kind = d.get("params_kind") or "non_embedding"
+                    what = "params (total)" if kind == "total" else "params (non-embedding)"
+                    if d.get("params_col") == "active_params":
+                        what = "active " + what
+                parts.append(f"{what} {fmt_range(r[0], r[-1])}")
         parts.append(f"loss in {e.loss_unit}" if e.loss_unit else "loss unit not recorded")
         out.print(f"  law {escape(name)}: " + escape(", ".join(x for x in parts if x)))
 

@@ -66,8 +66,10 @@ class Estimate:
     law_data: dict | None = None  # the fitted runs: count, params and tokens ranges
     params: float | None = None
     tokens: float | None = None
-    loss: float | None = None
-    loss_interval: tuple[float, float] | None = None
+    loss: float | None = None  # predictive median (the centre p is computed around)
+    loss_interval: tuple[float, float] | None = None  # 80% band of the same distribution
+    loss_fit: float | None = None  # the law's point prediction
+    extra_sigma: float = 0.0  # the calibrated extrapolation error's log sd added here
     loss_below: float | None = None
     beats: str | None = None  # p is P(this run's loss < that experiment's run's loss)
     p: float | None = None
@@ -356,13 +358,18 @@ def resolve(
                 law=name,
                 loss_unit=summary.get("loss_unit"),
                 law_data={
-                    **{k: summary.get(k) for k in ("runs", "params", "tokens", "source")},
+                    **{
+                        k: summary.get(k)
+                        for k in ("runs", "params", "tokens", "source", "params_col")
+                    },
                     "params_kind": summary.get("params_kind") or "non_embedding",
                 },
                 params=pr.params,
                 tokens=pr.tokens,
-                loss=pr.loss,
+                loss=pr.median if pr.median is not None else pr.loss,
                 loss_interval=pr.interval,
+                loss_fit=pr.loss,
+                extra_sigma=pr.extra_sigma,
                 loss_below=success.loss_below,
                 beats=success.beats,
                 p=p,
@@ -382,10 +389,16 @@ def resolve(
                 )
             elif far > warn_beyond:
                 line = f"{roadmap.source}:{e.line}" if e.line else roadmap.source
+                how = (
+                    f"the band includes its calibrated extrapolation error (log sd "
+                    f"{pr.extra_sigma:.3g} here), but the form may not hold that far"
+                    if pr.extra_sigma > 0
+                    else "the law has no calibrated extrapolation error (fit it with "
+                    "--backtest), so the band is its in-range one"
+                )
                 notes.append(
                     f"{line}: `{e.id}`'s p comes from the law `{name}` extrapolated "
-                    f"{_beyond(pr)}; the band is calibrated for distance, but the form "
-                    "may not hold that far"
+                    f"{_beyond(pr)}; {how}"
                 )
         derived = tuple(k for k in ("p", "cost") if k in e.pending)
         estimates[e.id] = Estimate(**est, derived=derived)

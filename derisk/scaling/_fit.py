@@ -223,11 +223,12 @@ class FitResult:
             return None
         from derisk.scaling._mixture import mixture_band
 
-        thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
         with np.errstate(all="ignore"):
-            means = LAWS[self.law].log_predict(thetas, X[:1])[:, 0]
+            means = self.log_samples(X[:1])[:, 0]
             point = float(self.predict(X[:1])[0])
-        if not (np.all(np.isfinite(means)) and np.isfinite(point)):
+        with np.errstate(all="ignore"):
+            losses = np.exp(means)  # every refit's loss must be a number, not only its log
+        if not (np.all(np.isfinite(losses)) and np.isfinite(point)):
             raise DataError(_non_finite(self, X[0]))
         extra = float(self.extrapolation_sigma(X[:1])[0]) if calibrated else 0.0
         lo, mid, hi = mixture_band(means, math.hypot(self.sigma_log, extra), level)

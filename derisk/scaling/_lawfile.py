@@ -390,6 +390,12 @@ def _check_summary(ck: _Checker, data: object) -> dict:
     for key in ("params_col", "source", "loss_unit"):
         if data.get(key) is not None and not isinstance(data[key], str):
             ck.fail(f"data.{key}", f"must be a string, got {_kind(data[key])}")
+    kind = data.get("params_kind")
+    if kind is not None and kind not in ("total", "non_embedding"):
+        ck.fail(
+            "data.params_kind",
+            f"must be 'total' (embeddings counted) or 'non_embedding', got {kind!r}",
+        )
     if data.get("min_tokens") is not None:
         ck.number(data["min_tokens"], "data.min_tokens", lo=0.0)
     if data.get("runs") is not None:
