@@ -87,6 +87,9 @@ print(f"held out {n} larger runs: mean abs error {100 * np.mean(errors):.2f}%")
 for k, v in counts.items():
     print(f"  inside the 80% band, {k}: {v} of {n}")
 for a, t in fit.calibration["axes"].items():
+    if t.get("borrowed"):
+        print(f"  k {a}: not cut along, borrows {t['per_decade']:.4f}")
+        continue
     print(
         f"  k {a}: per cut {[round(x, 4) for x in t['per_cut']]} -> {t['per_decade']:.4f}, "
         f"pooled {pooled.calibration['axes'][a]['per_decade']:.4f}"
