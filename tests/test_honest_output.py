@@ -309,3 +309,34 @@ def test_llm_at_scale_proxies_are_described_as_they_behave(tmp_path):
     q.write_text(json.dumps(data))
     with_proxies, without = run_json("plan", p)["value"], run_json("plan", q)["value"]
     assert with_proxies == pytest.approx(without, abs=1e-9)
+
+
+def test_optimal_says_how_far_its_allocation_extrapolates():
+    """`optimal` far beyond the law's runs says so (stderr, and in --json), with the same
+    ratios as the law's data ranges give by hand; inside them, it says it is inside."""
+    law = json.loads(
+        (
+            __import__("pathlib").Path(__file__).parent.parent
+            / "derisk/estimators/data/laws/chinchilla.json"
+        ).read_text()
+    )
+    n_hi, d_hi = law["data"]["params"][1], law["data"]["tokens"][1]
+    far = run("optimal", "--flops", "1e25", "--json")
+    assert far.exit_code == 0
+    d = json.loads(far.stdout)
+    assert d["extrapolation"]["params"] == pytest.approx(d["params"] / n_hi)
+    assert d["extrapolation"]["tokens"] == pytest.approx(d["tokens"] / d_hi)
+    assert d["extrapolation"]["params"] > 10 and "may not hold that far" in far.stderr
+    near = run("optimal", "--flops", "1e22")
+    assert near.exit_code == 0 and "within the law's runs" in near.stdout
+    assert "may not hold" not in near.stderr
+
+
+def test_predict_all_runs_of_an_empty_store_says_so(tmp_path, monkeypatch):
+    from derisk.estimators import RunStore
+
+    monkeypatch.setenv("DERISK_STORE", str(tmp_path / "runs.sqlite"))
+    RunStore(tmp_path / "runs.sqlite", create=True)  # a store with no runs
+    res = run("predict", "--law", "cpu-dense", "--run", "all", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["predictions"] == []
+    assert "no finished runs" in res.stderr

@@ -487,6 +487,16 @@ def optimal(
         a = optimal_allocation(result, c, exact=exact, seq_len=seq_len, calibrated=not uncalibrated)
     except ValueError as exc:
         raise DeriskError(f"--flops {flops}: {exc}") from None
+    from derisk.scaling._predict import extrapolation_text
+
+    # How far N* and D* lie beyond the law's runs: said as `predict` says it.
+    seen = result.summary or {}
+    p_hi = (seen.get("params") or [a.params, a.params])[1]
+    d_hi = (seen.get("tokens") or [a.tokens, a.tokens])[1]
+    beyond = {"params": a.params / p_hi, "tokens": a.tokens / d_hi}
+    far = extrapolation_text(beyond["params"], beyond["tokens"])
+    if far and max(beyond.values()) > 3:
+        warn(f"--law {law}: the allocation at {fmt(c)} FLOPs {far}; the form may not hold that far")
     if as_json:
         emit(
             {
@@ -499,6 +509,7 @@ def optimal(
                 "method": a.method,
                 "law": law,
                 "calibrated": bool(result.calibration) and not uncalibrated,
+                "extrapolation": beyond,
             }
         )
         return
@@ -509,6 +520,12 @@ def optimal(
     )
     iv = f" (80%: {a.loss_interval[0]:.4f} - {a.loss_interval[1]:.4f})" if a.loss_interval else ""
     out.print(f"  predicted loss {a.loss:.4f}{iv}")
+    out.print(
+        f"  {far}"
+        if far
+        else f"  within the law's runs ({beyond['params']:.2g}x the largest fitted model, "
+        f"{beyond['tokens']:.2g}x the most fitted tokens)"
+    )
 
 
 # ---------------------------------------------------------------- predict
@@ -615,6 +632,12 @@ def predict(
                 for r in store.runs()
                 if r["status"] == "finished" and (not arches or r["arch"] in arches)
             ]
+            if not chosen:
+                arch = f" of arch {', '.join(sorted(arches))}" if arches else ""
+                warn(
+                    f"--run all: the store holds no finished runs{arch} to predict; "
+                    "train or sweep first (`derisk train`, `derisk sweep`)"
+                )
         else:
             chosen = [store.get(i) for i in run_ids]
         points += [law_point(r, fit) for r in chosen]
