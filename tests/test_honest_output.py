@@ -340,3 +340,50 @@ def test_predict_all_runs_of_an_empty_store_says_so(tmp_path, monkeypatch):
     res = run("predict", "--law", "cpu-dense", "--run", "all", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["predictions"] == []
     assert "no finished runs" in res.stderr
+
+
+def test_fit_reads_training_compute_and_records_the_parameter_count(tmp_path):
+    """`--flops-col` takes tokens as C / (6 N) (Epoch's and Hoffmann et al.'s data give
+    N and C): the fit equals the one on a file with those tokens written out by hand, and
+    `--params-kind total` is recorded in the saved law."""
+    rng = np.random.default_rng(0)
+    n = np.exp(rng.uniform(np.log(1e7), np.log(1e9), 40)).tolist()
+    d = np.exp(rng.uniform(np.log(1e9), np.log(1e11), 40)).tolist()
+    loss = [
+        (1.7 + 400 / a**0.34 + 410 / b**0.28) * math.exp(e)
+        for a, b, e in zip(n, d, rng.normal(0, 0.005, 40).tolist(), strict=True)
+    ]
+    flops_csv, tokens_csv = tmp_path / "c.csv", tmp_path / "t.csv"
+    flops_csv.write_text(
+        "Model Size,Training FLOP,loss\n"
+        + "".join(f"{a!r},{6 * a * b!r},{c!r}\n" for a, b, c in zip(n, d, loss, strict=True))
+    )
+    tokens_csv.write_text(
+        "params,tokens,loss\n"
+        + "".join(
+            f"{a!r},{6 * a * b / (6 * a)!r},{c!r}\n" for a, b, c in zip(n, d, loss, strict=True)
+        )
+    )
+    law = tmp_path / "law.json"
+    a = run_json(
+        "fit",
+        flops_csv,
+        "--params-col",
+        "Model Size",
+        "--flops-col",
+        "Training FLOP",
+        "--params-kind",
+        "total",
+        "--bootstrap",
+        "2",
+        "--save",
+        law,
+    )
+    b = run_json("fit", tokens_csv, "--bootstrap", "2")
+    for k in ("E", "A", "B", "alpha", "beta"):
+        assert a[k] == pytest.approx(b[k], rel=1e-9)
+    assert json.loads(law.read_text())["data"]["params_kind"] == "total"
+    both = run("fit", flops_csv, "--flops-col", "Training FLOP", "--tokens-col", "D")
+    assert both.exit_code == 2 and "give one" in both.stderr
+    bad = run("fit", tokens_csv, "--params-kind", "embeddings")
+    assert bad.exit_code == 2 and "--params-kind" in bad.stderr

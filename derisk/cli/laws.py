@@ -65,6 +65,23 @@ def fit(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     params_col: Annotated[str, typer.Option("--params-col")] = "params",
     tokens_col: Annotated[str, typer.Option("--tokens-col")] = "tokens",
+    flops_col: Annotated[
+        str | None,
+        typer.Option(
+            "--flops-col",
+            help="A column of training compute instead of tokens: tokens = C / (6 N), as "
+            "Hoffmann et al.'s and Epoch's data count them.",
+        ),
+    ] = None,
+    params_kind: Annotated[
+        str,
+        typer.Option(
+            "--params-kind",
+            help="What the params column counts: non_embedding (derisk's own runs, Kaplan "
+            "et al.) or total (embeddings and output layer included, Hoffmann et al.). "
+            "Recorded in the law; roadmap runs it judges are counted the same way.",
+        ),
+    ] = "non_embedding",
     loss_col: Annotated[str, typer.Option("--loss-col")] = "loss",
     experts_col: Annotated[str, typer.Option("--experts-col")] = "experts",
     granularity_col: Annotated[str, typer.Option("--granularity-col")] = "granularity",
@@ -174,16 +191,20 @@ def fit(
             check_law_destination(save)
         except DataError as exc:
             raise DeriskError(f"--save {save}: {exc}") from None
-    data = load_runs_csv(
-        file,
-        columns={
-            "params": params_col,
-            "tokens": tokens_col,
-            "loss": loss_col,
-            "experts": experts_col,
-            "granularity": granularity_col,
-        },
-    )
+    if params_kind not in ("non_embedding", "total"):
+        raise DeriskError(f"--params-kind must be non_embedding or total, got {params_kind!r}")
+    if flops_col is not None and tokens_col != "tokens":
+        raise DeriskError("--flops-col and --tokens-col both say where tokens come from: give one")
+    columns = {
+        "params": params_col,
+        "tokens": tokens_col,
+        "loss": loss_col,
+        "experts": experts_col,
+        "granularity": granularity_col,
+    }
+    if flops_col is not None:
+        columns["flops"] = flops_col
+    data = load_runs_csv(file, columns=columns)
     if min_tokens > 0:
         data = data.subset(data.tokens >= min_tokens)
     with progress("{task.completed}/{task.total}") as bar:
@@ -217,7 +238,9 @@ def fit(
             else:
                 result = fit_law(data, law, **common)
     # what `derisk predict --run` needs to put a stored run on this law's axes
-    result.summary.update(params_col=params_col, min_tokens=min_tokens)
+    result.summary.update(params_col=params_col, min_tokens=min_tokens, params_kind=params_kind)
+    if flops_col is not None:
+        result.summary["tokens_from"] = f"{flops_col} / (6 {params_col})"
     if loss_unit:
         result.summary["loss_unit"] = loss_unit
     intervals = result.intervals()

@@ -134,11 +134,15 @@ def run_data(
 def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) -> RunData:
     """Read a CSV with columns params, tokens, loss (+ experts, granularity).
 
-    `columns` maps our names to the file's (e.g. {"params": "N", "tokens": "D"}).
+    `columns` maps our names to the file's (e.g. {"params": "N", "tokens": "D"}); with
+    {"flops": NAME} the file gives training compute instead of tokens, and tokens are
+    C / (6 N) (the convention of Hoffmann et al.'s and Epoch's data).
     Errors name the file, the row (1-based, header = row 1) and the column.
     """
     path = Path(path)
-    mapping = {k: k for k in COLUMNS} | (columns or {})
+    columns = dict(columns or {})
+    flops_col = columns.pop("flops", None)
+    mapping = {k: k for k in COLUMNS} | columns
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -162,13 +166,17 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
         header = reader.fieldnames or []
     except csv.Error as exc:
         raise DataError(_csv_error(path, lines, 1, exc)) from None
-    missing = [k for k in ("params", "tokens", "loss") if mapping[k] not in header]
+    need = ("params", "loss") if flops_col else ("params", "tokens", "loss")
+    missing = [mapping[k] for k in need if mapping[k] not in header]
+    if flops_col and flops_col not in header:
+        missing.append(flops_col)
     if missing:
-        want = ", ".join(f"`{mapping[k]}`" for k in missing)
+        want = ", ".join(f"`{m}`" for m in missing)
         found = ", ".join(f"`{h[:40]}`" for h in header[:20]) or "none"
         raise DataError(
             f"{path}:1: missing column(s) {want}; found {found}"
-            ". Map other names with --params-col/--tokens-col/--loss-col"
+            ". Map other names with --params-col/--tokens-col/--loss-col (or --flops-col "
+            "for training compute, tokens = C / 6N)"
         )
     cols = {k: [] for k in COLUMNS}
     setting: dict[str, list[str]] = {}
@@ -182,7 +190,7 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
             raise DataError(_csv_error(path, lines, reader.reader.line_num, exc)) from None
         row_no = reader.line_num
         for k in COLUMNS:
-            name = mapping[k]
+            name = flops_col if (k == "tokens" and flops_col) else mapping[k]
             if name not in header:
                 cols[k].append(1.0)
                 continue
@@ -199,6 +207,8 @@ def load_runs_csv(path: str | Path, *, columns: dict[str, str] | None = None) ->
                     "positive finite number"
                 )
             cols[k].append(v)
+        if flops_col:  # the column read as tokens was compute: D = C / (6 N)
+            cols["tokens"][-1] = cols["tokens"][-1] / (6.0 * cols["params"][-1])
         for k in SETTING_COLUMNS:
             if k in header:
                 setting.setdefault(k, []).append((row.get(k) or "").strip())
