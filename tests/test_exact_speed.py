@@ -173,3 +173,11 @@ def test_compiled_solver_chunks_hold_whole_states_of_one_layer():
     assert n_chunks > len(np.unique(space.untried[st]))  # some layer spans chunks
     with pytest.raises(ValueError, match="must hold"):
         chunk_layout(space.untried, st, pr.n, pr.n)
+
+
+def test_popcount_table_matches_bit_counting():
+    from derisk.planner._masks import _popcount_table, popcount
+
+    m = np.random.default_rng(0).integers(0, 2**62, size=2000)
+    want = np.array([bin(int(x)).count("1") for x in m])
+    assert np.array_equal(_popcount_table(m), want) and np.array_equal(popcount(m), want)

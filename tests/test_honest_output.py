@@ -330,6 +330,14 @@ def test_optimal_says_how_far_its_allocation_extrapolates():
     near = run("optimal", "--flops", "1e22")
     assert near.exit_code == 0 and "within the law's runs" in near.stdout
     assert "may not hold" not in near.stderr
+    # far below the smallest runs is extrapolation too, not "within"
+    small = run("optimal", "--flops", "1e14", "--json")
+    d = json.loads(small.stdout)
+    n_lo = law["data"]["params"][0]
+    assert (
+        d["below_runs"]["params"] == pytest.approx(d["params"] / n_lo) and n_lo > 10 * d["params"]
+    )
+    assert "below the smallest fitted model" in small.stderr
 
 
 def test_predict_all_runs_of_an_empty_store_says_so(tmp_path, monkeypatch):
@@ -387,3 +395,16 @@ def test_fit_reads_training_compute_and_records_the_parameter_count(tmp_path):
     assert both.exit_code == 2 and "give one" in both.stderr
     bad = run("fit", tokens_csv, "--params-kind", "embeddings")
     assert bad.exit_code == 2 and "--params-kind" in bad.stderr
+
+
+def test_predict_counts_a_shape_as_the_law_does():
+    """`predict --d-model` feeds a total-count law (chinchilla) the total count, and
+    derisk's own law the non-embedding one (the trainer's byte vocabulary, 256)."""
+    from derisk._flops import Shape, param_counts
+
+    c = param_counts(Shape(d_model=256, layers=4))
+    for law, key in (("chinchilla", "total"), ("cpu-dense", "non_embedding")):
+        d = run_json(
+            "predict", "--law", law, "--d-model", "256", "--n-layer", "4", "--tokens", "1e8"
+        )
+        assert d["predictions"][0]["params"] == c[key]

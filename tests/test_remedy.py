@@ -1,6 +1,7 @@
 """Remedies for degenerate fits (E bounded, exponent priors, pure power laws), chosen by
 backtest error, and the calibration's quantile over backtest cuts."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -206,6 +207,10 @@ def test_a_model_average_predicts_the_weighted_log_mean(tmp_path):
     assert [m.form for m in back.members] == ["chinchilla", "chinchilla"]
     X = law_inputs("chinchilla", N, D)
     assert back.predict(X)[0] == pytest.approx(avg.predict(X)[0], rel=1e-12)
+    # without refits the average's p is about its own point (not its heaviest member's):
+    # the point is the median of a log-normal around it
+    bare = dataclasses.replace(avg, bootstrap=None)
+    assert bare.prob_below(X, avg.predict(X)[0])[0] == pytest.approx(0.5, abs=1e-9)
 
 
 def steep_isoflop(seed=0, noise=0.01):

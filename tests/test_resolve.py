@@ -585,3 +585,21 @@ def test_a_law_files_parameter_count_kind_is_checked(tmp_path):
     d["data"]["params_kind"] = "embedding"
     with pytest.raises(LawFileError, match="data.params_kind"):
         fit_from_json(d, "x")
+
+
+def test_a_total_parameter_law_needs_the_vocabulary(tmp_path):
+    """Without `vocab` the embeddings cannot be counted: refused, not counted at the
+    trainer's byte vocabulary."""
+    p = write(
+        tmp_path,
+        """\
+        budget: 1e22 flops
+        experiments:
+          - id: big
+            train: {d_model: 2048, layers: 24, tokens: 2.6e10}
+            success: {loss_below: 2.48, law: chinchilla}
+            reward: 1
+        """,
+    )
+    out = run("validate", p)
+    assert out.exit_code == 2 and "r.yaml:4:" in out.stderr and "`vocab`" in out.stderr

@@ -514,11 +514,22 @@ def optimal(
 
     # How far N* and D* lie beyond the law's runs: said as `predict` says it.
     seen = result.summary or {}
-    p_hi = (seen.get("params") or [a.params, a.params])[1]
-    d_hi = (seen.get("tokens") or [a.tokens, a.tokens])[1]
+    p_lo, p_hi = seen.get("params") or [a.params, a.params]
+    d_lo, d_hi = seen.get("tokens") or [a.tokens, a.tokens]
     beyond = {"params": a.params / p_hi, "tokens": a.tokens / d_hi}
+    below = {"params": a.params / p_lo, "tokens": a.tokens / d_lo}  # < 1: under the runs
     far = extrapolation_text(beyond["params"], beyond["tokens"])
-    if far and max(beyond.values()) > 3:
+    under = [
+        f"{1 / x:.3g}x below the {what}"
+        for x, what in (
+            (below["params"], "smallest fitted model"),
+            (below["tokens"], "fewest fitted tokens"),
+        )
+        if x < 1 / 1.05
+    ]
+    if under:
+        far = "extrapolates to " + " and ".join(under)
+    if far and (max(beyond.values()) > 3 or min(below.values()) < 1 / 3):
         warn(f"--law {law}: the allocation at {fmt(c)} FLOPs {far}; the form may not hold that far")
     if as_json:
         emit(
@@ -533,6 +544,7 @@ def optimal(
                 "law": law,
                 "calibrated": bool(result.calibration) and not uncalibrated,
                 "extrapolation": beyond,
+                "below_runs": below,
             }
         )
         return
@@ -563,7 +575,13 @@ def predict(
         ),
     ] = None,
     params: Annotated[
-        float | None, typer.Option("--params", help="Non-embedding parameters (active for MoE).")
+        float | None,
+        typer.Option(
+            "--params",
+            help="Parameters as the law counts them: non-embedding for derisk's own laws "
+            "(active for MoE), total (embeddings included) for a law fitted on total "
+            "counts, such as chinchilla (`derisk laws` shows which).",
+        ),
     ] = None,
     tokens: Annotated[float | None, typer.Option("--tokens", help="Training tokens.")] = None,
     d_model: Annotated[
@@ -626,7 +644,7 @@ def predict(
         experts = 4.0 if arch == "moe" and d_model is not None else 1.0
     if d_model is not None:
         from derisk._flops import Shape, param_counts
-        from derisk.scaling import uses_active_params
+        from derisk.scaling._predict import count_key
 
         if not float(experts).is_integer():
             raise DeriskError(f"--experts must be a whole number with --d-model, got {experts:g}")
@@ -634,9 +652,7 @@ def predict(
         _check_int("--n-layer", n_layer, 1)
         shape = Shape(arch=arch, d_model=d_model, layers=n_layer, experts=int(experts), top_k=1)
         counts = param_counts(shape)
-        params = float(
-            counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"]
-        )
+        params = float(counts[count_key(fit)])  # as the law counts N
     if (params is None) != (tokens is None):
         raise DeriskError("give both --params and --tokens (or --run ID)")
     if params is None and not run_ids:

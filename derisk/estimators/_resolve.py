@@ -281,6 +281,11 @@ def resolve(
         fit = laws[name]
         want = law_params_key(fit)
         n = counts.get(want)
+        if want.startswith("total") and spec.vocab is None and n is not None:
+            raise SpecError(
+                f"uses the law `{name}`, fitted on total parameter counts (embeddings and "
+                "output layer included): give `vocab` so derisk can count the embeddings"
+            )
         if n is None and want.startswith("total"):
             raise SpecError(
                 f"uses the law `{name}`, fitted on total parameter counts (embeddings and "
@@ -389,13 +394,17 @@ def resolve(
                 )
             elif far > warn_beyond:
                 line = f"{roadmap.source}:{e.line}" if e.line else roadmap.source
-                how = (
-                    f"the band includes its calibrated extrapolation error (log sd "
-                    f"{pr.extra_sigma:.3g} here), but the form may not hold that far"
-                    if pr.extra_sigma > 0
-                    else "the law has no calibrated extrapolation error (fit it with "
-                    "--backtest), so the band is its in-range one"
-                )
+                if not pr.calibrated:
+                    how = (
+                        "the law has no calibrated extrapolation error (fit it with "
+                        "--backtest), so the band is its in-range one"
+                    )
+                else:
+                    how = (
+                        f"the band includes its calibrated extrapolation error (log sd "
+                        f"{pr.extra_sigma:.3g} here, as its backtest measured), but the "
+                        "form may not hold that far"
+                    )
                 notes.append(
                     f"{line}: `{e.id}`'s p comes from the law `{name}` extrapolated "
                     f"{_beyond(pr)}; {how}"

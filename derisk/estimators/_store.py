@@ -39,7 +39,8 @@ from derisk._paths import data_path
 from derisk.errors import DataError, DeriskError, DeriskWarning, Problem, RoadmapError
 from derisk.estimators._model import ModelConfig, flops_per_token, param_counts
 from derisk.estimators._train import RunResult, TrainConfig
-from derisk.scaling import PredictPoint, uses_active_params
+from derisk.scaling import PredictPoint
+from derisk.scaling._predict import count_key
 
 APP_ID = 0x64657273  # "ders" in the file header: this SQLite file is a derisk run store
 SCHEMA_VERSION = 2  # 1: no marker, owner, heartbeat or error columns (still read)
@@ -762,7 +763,7 @@ def law_point(run: dict, fit) -> PredictPoint:
     if run["arch"] == "dense":
         setting.pop("top_k", None)  # no router
     return PredictPoint(
-        params=counts["non_embedding_active" if uses_active_params(fit) else "non_embedding"],
+        params=counts[count_key(fit)],
         tokens=run["tokens"],
         experts=run["experts"] or 1,
         granularity=run["granularity"] or 1,

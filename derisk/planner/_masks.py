@@ -56,10 +56,19 @@ def to_codes(U: np.ndarray, S: np.ndarray, F: np.ndarray, n: int) -> np.ndarray:
     return _spread(S | D) | (_spread(F | D) << 1)
 
 
+_POP16 = np.array([bin(i).count("1") for i in range(1 << 16)], dtype=np.int64)
+
+
 def popcount(m: np.ndarray) -> np.ndarray:
+    """Set bits of each non-negative int64."""
     if hasattr(np, "bitwise_count"):  # numpy >= 2.0
         return np.bitwise_count(m).astype(np.int64)
-    return sum((m >> (16 * k)) & 0xFFFF for k in range(4)).astype(np.int64)  # pragma: no cover
+    return _popcount_table(m)
+
+
+def _popcount_table(m: np.ndarray) -> np.ndarray:
+    """The same by a 16-bit table (numpy < 2.0 has no bitwise_count)."""
+    return sum(_POP16[(m >> (16 * k)) & 0xFFFF] for k in range(4))
 
 
 @dataclass(frozen=True)

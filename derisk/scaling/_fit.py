@@ -134,6 +134,9 @@ class FitResult:
         fit itself, B = 1, without a bootstrap)."""
         if isinstance(self.bootstrap, Refits):
             return self.bootstrap.log_predict(X)
+        if self.bootstrap is None and self.members:  # an average without refits: its point
+            with np.errstate(all="ignore"):
+                return np.log(self.predict(X))[None]
         thetas = self.bootstrap if self.bootstrap is not None else self.theta[None]
         return self.law_form().log_predict(thetas, X)
 

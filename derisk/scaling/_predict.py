@@ -134,6 +134,15 @@ def uses_active_params(fit: FitResult) -> bool:
     return fit.law == "moe_experts" or (fit.summary or {}).get("params_col") == "active_params"
 
 
+def count_key(fit: FitResult) -> str:
+    """Which of `derisk._flops.param_counts`'s counts is the law's N: active or not, and
+    with embeddings (`params_kind: total`, Hoffmann et al.'s convention) or without."""
+    total = (fit.summary or {}).get("params_kind") == "total"
+    if uses_active_params(fit):
+        return "active" if total else "non_embedding_active"
+    return "total" if total else "non_embedding"
+
+
 def setting_mismatches(fit: FitResult, run: dict) -> list[str]:
     """How a run's training setting differs from the runs the law was fitted to.
 
