@@ -72,6 +72,7 @@ class BacktestRow:
     lo: float  # the fit's central `level` predictive band (uncalibrated)
     hi: float
     inside: bool
+    median: float | None = None  # of that predictive distribution (None: saved before)
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,8 @@ def backtest(
                 )
                 try:
                     with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", DeriskWarning)  # "band widened"
-                        lo, hi = fit.predictive_interval(X, level)
+                        warnings.simplefilter("ignore", DeriskWarning)  # point outside
+                        lo, med, hi = fit.predictive_band(X, level)
                     with np.errstate(all="ignore"):
                         pred = float(fit.predict(X)[0])
                 except DataError:
@@ -217,6 +218,7 @@ def backtest(
                         lo=lo,
                         hi=hi,
                         inside=bool(lo <= obs <= hi),
+                        median=med,
                     )
                 )
     if not rows:
@@ -237,23 +239,35 @@ CALIBRATION_KIND = "lognormal_linear"  # sd k x decades; k conformal over backte
 MAX_PER_DECADE = 5.0  # a log-scale error of e^5 per decade is no forecast at all
 
 
+def _band_error(r: BacktestRow, z: float) -> tuple[float, float]:
+    """(log error of the observed loss from the band's centre, the sd of the band's side
+    it fell on): the centre is the predictive median, each side read as half a
+    log-normal (the mixture's band is not symmetric); rows saved without a median use
+    the band's log mid-point."""
+    lo, hi = math.log(r.lo), math.log(r.hi)
+    mid = math.log(r.median) if r.median else (lo + hi) / 2
+    e = math.log(r.observed) - mid
+    return e, ((hi - mid) if e > 0 else (mid - lo)) / z
+
+
 def extrapolation_scale(rows: Sequence[BacktestRow], level: float = 0.8) -> float:
     """The per-decade scale k of a zero-mean log-normal extrapolation error, sd k x d at d
     decades beyond the fitted runs, that puts `level` of the backtest's held-out runs
     inside the calibrated band (a conformal quantile, in closed form).
 
-    Each row's uncalibrated band is read as log-normal with sd s (its half-width in logs
-    over the normal quantile z); a run outside it falls inside the calibrated band when
-    its log error |e| <= z sqrt(s^2 + (k d)^2), i.e. when k >= k_i = sqrt((e/z)^2 - s^2)
-    / d (k_i = 0 for a run already inside: widening keeps it there). k is the `level`
-    quantile of the k_i.
+    Each row's uncalibrated band is read as log-normal with centre c and sd s (its
+    mid-point and half-width in logs, over the normal quantile z: the band is the
+    predictive mixture's, not centred on the point prediction); a run falls inside the
+    calibrated band when |log(observed) - c| <= z sqrt(s^2 + (k d)^2), i.e. when k >= k_i
+    = sqrt(((log(observed) - c)/z)^2 - s^2) / d (k_i = 0 for a run already inside). k is
+    the `level` quantile of the k_i.
     """
     z = float(stats.norm.ppf(0.5 + level / 2))
     need = []
     for r in rows:
-        s = (math.log(r.hi) - math.log(r.lo)) / (2 * z)
-        gap = (r.log_error / z) ** 2 - s**2
-        need.append(math.sqrt(gap) / r.decades if gap > 0 and not r.inside else 0.0)
+        e, s = _band_error(r, z)
+        gap = (e / z) ** 2 - s**2
+        need.append(math.sqrt(gap) / r.decades if gap > 0 else 0.0)
     if not need:
         return 0.0
     return float(np.quantile(need, level, method="higher"))
@@ -313,9 +327,7 @@ def calibrate(
         per_cut = [extrapolation_scale([r for r in rows if r.cut == c], bt.level) for c in cuts]
         k = min(cut_quantile(per_cut, CUT_LEVEL), MAX_PER_DECADE)
         after = [
-            r.inside
-            or abs(r.log_error)
-            <= z * math.hypot((math.log(r.hi) - math.log(r.lo)) / (2 * z), k * r.decades)
+            abs(_band_error(r, z)[0]) <= z * math.hypot(_band_error(r, z)[1], k * r.decades)
             for r in rows
         ]
         terms[a] = {
