@@ -266,6 +266,12 @@ class FitResult:
         return stats.norm.cdf((np.log(threshold) - logp) / sigma).mean(axis=0)
 
 
+def robust_sigma(resid: np.ndarray) -> float:
+    """The run-to-run noise of log residuals: their median absolute deviation, scaled to
+    a normal's sd (1.4826), so a few outlying runs do not inflate it."""
+    return float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+
+
 FIT_OK, FIT_DEGENERATE, FIT_NOT_CONVERGED = 0, 1, 2
 EXPONENT_RANGE = (0.1, 0.7)  # alpha, beta published for language models, roughly
 EXPONENT_BOUNDS = (0.01, 2.0)  # beyond these an exponent has run to a bound
@@ -596,7 +602,7 @@ def fit_law(
     )
     status, message = fit_status(bool(best.success), flags, words, str(best.message))
     resid = form.log_predict(theta, X) - y
-    sigma = float(1.4826 * np.median(np.abs(resid - np.median(resid))))
+    sigma = robust_sigma(resid)
     boot = None
     if bootstrap:
         _phase(on_phase, f"bootstrap: {bootstrap:,} refits on resampled runs")

@@ -55,6 +55,7 @@ from derisk.scaling._fit import (
     HUBER_DELTA,
     FitResult,
     _huber,
+    robust_sigma,
 )
 from derisk.scaling._laws import FRONTIER
 from derisk.scaling._optimal import isoflop_fit, slice_parabola, slice_window
@@ -223,7 +224,7 @@ def fit_frontier(
         screened=0,
         n=int(len(used)),
         rmse_log=float(np.sqrt(np.mean(resid**2))),
-        sigma_log=float(1.4826 * np.median(np.abs(resid - np.median(resid)))),
+        sigma_log=robust_sigma(resid),
         success=True,
         message=message,
         seconds=time.perf_counter() - t0,
