@@ -603,3 +603,19 @@ def test_a_total_parameter_law_needs_the_vocabulary(tmp_path):
     )
     out = run("validate", p)
     assert out.exit_code == 2 and "r.yaml:4:" in out.stderr and "`vocab`" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "unit", "kind"),
+    [
+        ("chinchilla", "nats per token", "total"),
+        ("cpu-dense", "nats per byte", None),
+        ("cpu-moe", "nats per byte", None),
+    ],
+)
+def test_shipped_laws_say_their_loss_unit_and_parameter_count(name, unit, kind):
+    """A refit of a shipped law must keep what the roadmap tables print beside it."""
+    shipped = Path(__file__).parent.parent / f"derisk/estimators/data/laws/{name}.json"
+    data = json.loads(shipped.read_text())["data"]
+    assert data["loss_unit"].startswith(unit)
+    assert data.get("params_kind") in ((kind,) if kind else (None, "non_embedding"))
