@@ -619,3 +619,22 @@ def test_shipped_laws_say_their_loss_unit_and_parameter_count(name, unit, kind):
     data = json.loads(shipped.read_text())["data"]
     assert data["loss_unit"].startswith(unit)
     assert data.get("params_kind") in ((kind,) if kind else (None, "non_embedding"))
+
+
+def test_a_per_byte_law_refuses_a_token_vocabulary(tmp_path):
+    """A per-byte law judging a run over a 32,000-token vocabulary would compare a loss
+    per token with one per byte: refused at the `vocab` key, with the fix."""
+    p = write(
+        tmp_path,
+        """\
+        budget: 1e17 flops
+        experiments:
+          - id: tok
+            train: {d_model: 128, layers: 2, vocab: 32000, tokens: 1e7}
+            success: {loss_below: 1.3, law: cpu-dense}
+            reward: 1
+        """,
+    )
+    out = run("validate", p)
+    assert out.exit_code == 2 and "r.yaml:4:" in out.stderr
+    assert "per byte" in out.stderr and "Leave `vocab` out" in out.stderr

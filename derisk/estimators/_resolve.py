@@ -297,6 +297,16 @@ def resolve(
                 f"needs `{want}` ({'active' if want == 'active_params' else 'total'} "
                 "non-embedding parameters, or the shape): that is what its law was fitted on"
             )
+        unit = (fit.summary or {}).get("loss_unit") or ""
+        if "per byte" in unit and spec.vocab is not None and spec.vocab != TRAINER_VOCAB:
+            raise SpecError(
+                f"gives `vocab: {spec.vocab}`, but its law `{name}` measures loss in {unit}: "
+                f"a model over a {spec.vocab}-token vocabulary has a loss per token, so "
+                "`loss_below` would compare two units. Leave `vocab` out (the law's "
+                f"{TRAINER_VOCAB}-byte vocabulary), or judge the run by a law fitted on "
+                "that vocabulary's tokens",
+                "vocab",
+            )
         if fit.law == "moe_experts" and spec.experts is None:
             raise SpecError(f"uses the experts law `{name}`: give `experts`")
         experts, gran = float(spec.experts or 1), float(spec.granularity or 1)
@@ -355,7 +365,8 @@ def resolve(
                 experiments.append(e)
                 continue
             except SpecError as exc:
-                problems.append(_problem(roadmap, spec.mark, f"`train` of {what} {exc}"))
+                mark = _mark_of(spec, exc.key) if exc.key else spec.mark
+                problems.append(_problem(roadmap, mark, f"`train` of {what} {exc}"))
                 experiments.append(e)
                 continue
             summary = fit.summary or {}
