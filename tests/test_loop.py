@@ -224,9 +224,6 @@ def test_run_refuses_what_it_cannot_train(private):
         "  - id: by-count\n"
         "    train: {params: 30000, tokens: 2e5}\n"
         "    success: {loss_below: 2.5, law: cpu-dense}\n"
-        "  - id: other-vocab\n"
-        "    train: {d_model: 32, layers: 2, seq_len: 64, vocab: 32000, tokens: 2e5}\n"
-        "    success: {loss_below: 2.5, law: cpu-dense}\n"
         "  - id: no-rule\n"
         "    train: {d_model: 32, layers: 2, seq_len: 64, tokens: 2e5}\n"
         "    p: 0.5\n"
@@ -243,7 +240,6 @@ def test_run_refuses_what_it_cannot_train(private):
     )
     cases = {
         "by-count": "gives no shape",
-        "other-vocab": "the trainer models bytes",
         "no-rule": "needs `success: {loss_below: X}`",
         "by-hand": "has no `train:` block",
         "long-context": "seq_len 128 (the law's runs: 64)",
@@ -257,6 +253,17 @@ def test_run_refuses_what_it_cannot_train(private):
         assert "Traceback" not in res.output
     res = run("run", f, "by-count", "--yes")
     assert f"{f}:5:" in res.output  # located at the node's `train:` block
+    # a token vocabulary under a per-byte law is refused when the roadmap is resolved,
+    # before `run` looks at the node (its p would compare two units)
+    g = private / "v.yaml"
+    g.write_text(
+        "name: t\nbudget: 1e14 flops\nexperiments:\n"
+        "  - id: other-vocab\n"
+        "    train: {d_model: 32, layers: 2, seq_len: 64, vocab: 32000, tokens: 2e5}\n"
+        "    success: {loss_below: 2.5, law: cpu-dense}\n"
+    )
+    res = run("run", g, "other-vocab", "--yes")
+    assert res.exit_code == 2 and "per byte" in res.output and f"{g}:5:" in res.output
     assert not (private / "runs.sqlite").exists()  # refused before anything was trained
 
 
