@@ -356,7 +356,11 @@ def enumerate_states(
         if model is not None:
             masks = to_masks(codes, n)
             runnable = mask_available(model, masks[0], masks[1])
-            rows, nodes = np.nonzero((runnable[:, None] >> np.arange(n)) & 1)
+            # bits -> (F, 64) uint8 (not an (F, n) int64 temporary: 8x less memory)
+            bits = np.unpackbits(
+                runnable.astype("<i8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little"
+            )
+            rows, nodes = np.nonzero(bits[:, :n])
         else:
             rows, nodes = np.nonzero(available(problem, status))  # every (state, node) pair
         # Every (state, node, outcome) triple of the layer canonicalised together (in
