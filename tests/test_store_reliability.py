@@ -578,3 +578,20 @@ def test_a_train_killed_mid_run_leaves_a_readable_store_and_is_retaken(tmp_path,
     assert out["id"] == seen["id"] and out["status"] == "finished"
     (run,) = RunStore(store, create=False).runs()
     assert run["status"] == "finished" and run["tokens"] == out["tokens"]
+
+
+@pytest.mark.parametrize("loss", [0, -1.5, float("nan"), "x"])
+def test_a_stored_loss_that_is_not_a_positive_number_is_a_damaged_row(
+    tmp_path, template_path, loss
+):
+    """Found by the damaged-store fuzz: a finished run whose loss reads 0 made `predict
+    --run` raise a ValueError (a traceback) instead of naming the damaged row."""
+    path = tmp_path / "runs.sqlite"
+    path.write_bytes(template_path.read_bytes())
+    con = sqlite3.connect(path)
+    con.execute("UPDATE runs SET val_loss = ? WHERE id = 1", (loss,))
+    con.commit()
+    con.close()
+    res = invoke("--store", path, "predict", "--law", "cpu-dense", "--run", "1")
+    assert res.exit_code == 2 and clean(res), (res.output, res.exception)
+    assert "run 1" in res.output  # named; 0 and -1.5 as a damaged row, the rest unreadable

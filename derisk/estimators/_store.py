@@ -756,8 +756,20 @@ def _decode(row) -> dict:
 def law_point(run: dict, fit) -> PredictPoint:
     """A finished stored run as a point on a fitted law's axes (N as the law counts it:
     total or active non-embedding parameters), with its measured loss and setting."""
-    if run["status"] != "finished" or run["val_loss"] is None or not run["tokens"]:
+    if run["status"] != "finished":
         raise DataError(f"run {run['id']} is {run['status']}, not finished: nothing to compare")
+    if run["val_loss"] is None or not run["tokens"]:
+        raise DataError(
+            f"run {run['id']} is finished but records no "
+            f"{'loss' if run['val_loss'] is None else 'tokens'}: the store's row is damaged; "
+            "retrain it (`derisk train`) or leave it out"
+        )
+    loss = run["val_loss"]
+    if not (isinstance(loss, int | float) and math.isfinite(loss) and loss > 0):
+        raise DataError(
+            f"run {run['id']} records a loss of {loss!r}, not a positive number: the store's "
+            "row is damaged; retrain it (`derisk train`) or leave it out"
+        )
     counts = param_counts(ModelConfig(**run["model"]))
     setting = {**run["model"], **run["train"], "corpus_hash": run["corpus_hash"]}
     if run["arch"] == "dense":
