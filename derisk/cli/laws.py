@@ -518,17 +518,7 @@ def optimal(
     d_lo, d_hi = seen.get("tokens") or [a.tokens, a.tokens]
     beyond = {"params": a.params / p_hi, "tokens": a.tokens / d_hi}
     below = {"params": a.params / p_lo, "tokens": a.tokens / d_lo}  # < 1: under the runs
-    far = extrapolation_text(beyond["params"], beyond["tokens"])
-    under = [
-        f"{1 / x:.3g}x below the {what}"
-        for x, what in (
-            (below["params"], "smallest fitted model"),
-            (below["tokens"], "fewest fitted tokens"),
-        )
-        if x < 1 / 1.05
-    ]
-    if under:
-        far = "extrapolates to " + " and ".join(under)
+    far = extrapolation_text(beyond["params"], beyond["tokens"], below["params"], below["tokens"])
     if far and (max(beyond.values()) > 3 or min(below.values()) < 1 / 3):
         warn(f"--law {law}: the allocation at {fmt(c)} FLOPs {far}; the form may not hold that far")
     if as_json:

@@ -162,16 +162,21 @@ def counted_params(spec: TrainSpec) -> dict[str, float]:
     return out
 
 
-def law_params_key(fit) -> str:
-    """Which count of `counted_params` a law takes as N: active or not, and non-embedding
-    (derisk's own runs) or total (`params_kind: total` in the law's data, e.g. chinchilla:
-    Hoffmann et al. count embeddings, Kaplan et al. do not)."""
-    from derisk.scaling import uses_active_params
+# `param_counts`' name for each count (`scaling._predict.count_key`) -> `counted_params`'
+_COUNTED = {
+    "non_embedding": "params",
+    "non_embedding_active": "active_params",
+    "total": "total_params",
+    "active": "total_active_params",
+}
 
-    active = uses_active_params(fit)
-    if (fit.summary or {}).get("params_kind") == "total":
-        return "total_active_params" if active else "total_params"
-    return "active_params" if active else "params"
+
+def law_params_key(fit) -> str:
+    """Which count of `counted_params` a law takes as N (`count_key`: active or not, and
+    non-embedding or total, as the law's data records)."""
+    from derisk.scaling._predict import count_key
+
+    return _COUNTED[count_key(fit)]
 
 
 def run_flops(spec: TrainSpec) -> tuple[float, str]:

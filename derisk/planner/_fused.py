@@ -30,20 +30,13 @@ import numpy as np
 from jax import lax
 
 from derisk.planner._exact import TIE
+from derisk.planner._jax import _x64
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, _release_freed_memory
 
 CHUNK = 1024  # (state, experiment) pairs per step: (CHUNK, levels) temporaries, ~1.6 MB
 STEPS_PER_CALL = 512  # chunks per compiled call: the progress bar moves between calls
 NO_ACTION = 127
-
-
-def _x64():
-    if hasattr(jax, "enable_x64"):
-        return jax.enable_x64(True)
-    from jax.experimental import enable_x64  # older jax
-
-    return enable_x64()
 
 
 def chunk_layout(untried: np.ndarray, st: np.ndarray, chunk: int, n: int):

@@ -326,10 +326,8 @@ def calibrate(
         cuts = sorted({r.cut for r in rows})
         per_cut = [extrapolation_scale([r for r in rows if r.cut == c], bt.level) for c in cuts]
         k = min(cut_quantile(per_cut, CUT_LEVEL), MAX_PER_DECADE)
-        after = [
-            abs(_band_error(r, z)[0]) <= z * math.hypot(_band_error(r, z)[1], k * r.decades)
-            for r in rows
-        ]
+        errs = [(_band_error(r, z), r.decades) for r in rows]
+        after = [abs(e) <= z * math.hypot(s, k * d) for (e, s), d in errs]
         terms[a] = {
             "reference": float(x.max()),
             "per_decade": k,

@@ -211,8 +211,27 @@ class Forecast:
         return out
 
 
-def extrapolation_text(params_beyond: float, tokens_beyond: float) -> str | None:
-    """ "extrapolates to 2.2x the largest fitted model", or None within the fitted range."""
+def extrapolation_text(
+    params_beyond: float,
+    tokens_beyond: float,
+    params_below: float | None = None,
+    tokens_below: float | None = None,
+) -> str | None:
+    """ "extrapolates to 2.2x the largest fitted model", or None within the fitted range.
+
+    With `params_below` / `tokens_below` (the point over the smallest fitted run's), a
+    point under the runs says so instead: "extrapolates to 81x below the smallest fitted
+    model"."""
+    under = [
+        f"{1 / x:.3g}x below the {what}"
+        for x, what in (
+            (params_below, "smallest fitted model"),
+            (tokens_below, "fewest fitted tokens"),
+        )
+        if x is not None and x < 1 / 1.05
+    ]
+    if under:
+        return "extrapolates to " + " and ".join(under)
     beyond = [
         f"{x:.1f}x the {what}" if x < 1e4 else f"{x:.3g}x the {what}"
         for x, what in (
