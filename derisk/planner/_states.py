@@ -16,7 +16,7 @@ import numpy as np
 
 from derisk.errors import ProblemTooLarge
 from derisk.planner._masks import MAX_NODES as MASK_FAST_NODES
-from derisk.planner._masks import MaskModel, popcount, to_codes, to_masks
+from derisk.planner._masks import MaskModel, popcount, to_codes, to_masks, to_status
 from derisk.planner._masks import available as mask_available
 from derisk.planner._masks import canonical as canonical_masks
 from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED, PlanningProblem
@@ -241,12 +241,17 @@ ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerat
 ENUM_CHUNK_MASKS = 1 << 18  # the same with bit masks: (pairs,) int64 temporaries, 2 MB each
 
 
+def _index_type(count: int):
+    """int32 state numbers below 2**31 states (half the memory), else int64."""
+    return np.int32 if count < 2**31 - 1 else np.int64
+
+
 def _unique(codes: np.ndarray) -> np.ndarray:
     """Sorted distinct codes. For int64, a sort and a neighbour compare: numpy's own
     `unique` hashes integers, 3-8x slower than this past ~10^5 distinct codes."""
     if codes.dtype != np.int64:
         return np.unique(codes)
-    codes = np.sort(codes)
+    codes = np.sort(codes, kind="stable")  # timsort: the codes arrive in sorted runs
     return codes[np.r_[True, codes[1:] != codes[:-1]]] if len(codes) else codes
 
 
@@ -332,11 +337,14 @@ def enumerate_states(
         raise too_large(1, estimate_bytes(1, problem.levels, n))
     start = canonicalize(problem, problem.start_status[None, :])
     stochastic = np.array([len(c) > 1 for c in problem.cost_units])
-    pending: dict[int, list[np.ndarray]] = {}
     root_code = encode(start)[0]
-    pending.setdefault(int((start == UNTRIED).sum()), []).append(np.array([root_code]))
+    # Successor codes wait in `pending` under their untried count until that layer is
+    # reached: (codes, source layer, positions in that layer's `dest`).
+    pending: dict[int, list[tuple]] = {
+        int((start == UNTRIED).sum()): [(np.array([root_code]), -1, None)]
+    }
     layers_codes, layers_status = [], []
-    trans = []  # (layer position, node, codes of s/f/d successors)
+    trans = []  # per layer: (rows, nodes, selections of s/f/d triples, dest)
     total = 0
     u = max(pending)
     # Up to 31 experiments the states are handled as bit masks (`_masks`); past that,
@@ -347,22 +355,39 @@ def enumerate_states(
         if u not in pending:
             u -= 1
             continue
-        codes = _unique(np.concatenate(pending.pop(u)))
+        pieces = pending.pop(u)
+        arrived = np.concatenate([c for c, _, _ in pieces])
+        codes = _unique(arrived)
+        # A layer's states are numbered in enumeration order (`total` before it); each
+        # arrived successor learns its number here, by a search in this layer only.
+        ids = total + np.searchsorted(codes, arrived)
+        at = 0
+        for c, li, pos in pieces:
+            if li >= 0:
+                trans[li][3][pos] = ids[at : at + len(c)]
+            at += len(c)
+        del arrived, ids, pieces
         total += len(codes)
         need = estimate_bytes(total, problem.levels, n)
         if total > max_states or need > max_bytes:
             raise too_large(total, need)
-        status = decode(codes, n)
         if model is not None:
             masks = to_masks(codes, n)
+            status = to_status(*masks, n)
             runnable = mask_available(model, masks[0], masks[1])
-            # bits -> (F, 64) uint8 (not an (F, n) int64 temporary: 8x less memory)
+            # bits -> (n, F) uint8 (not an (F, n) int64 temporary: 8x less memory)
             bits = np.unpackbits(
                 runnable.astype("<i8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little"
             )
-            rows, nodes = np.nonzero(bits[:, :n])
+            bits = np.ascontiguousarray(bits[:, :n].T)
         else:
-            rows, nodes = np.nonzero(available(problem, status))  # every (state, node) pair
+            status = decode(codes, n)
+            bits = np.ascontiguousarray(available(problem, status).T)
+        # Every (state, node) pair, node by node: for one node and outcome the successors
+        # of the (sorted) states come out nearly sorted, so the stable sort that finds a
+        # layer's distinct codes runs over long sorted runs (13x faster than unordered).
+        nodes, rows = np.nonzero(bits)
+        del bits
         # Every (state, node, outcome) triple of the layer canonicalised together (in
         # chunks that bound the temporaries), not one call per node or outcome: the
         # Python overhead is per call.
@@ -370,7 +395,8 @@ def enumerate_states(
         sels = (np.arange(P), np.arange(P), np.flatnonzero(stochastic[nodes]))
         pair = np.concatenate(sels)
         outcome = np.repeat(np.array([SUCCESS, FAILED, DEAD], dtype=np.int8), [P, P, len(sels[2])])
-        c_all = np.empty(len(pair), dtype=codes.dtype)
+        li = len(trans)
+        trans.append((rows, nodes, sels, np.empty(len(pair), dtype=_index_type(max_states))))
         for lo in range(0, len(pair), chunk):
             part, out = pair[lo : lo + chunk], outcome[lo : lo + chunk]
             if model is not None:
@@ -381,26 +407,32 @@ def enumerate_states(
                 nxt = canonicalize(problem, nxt)
                 c = encode(nxt)
                 k = (nxt == UNTRIED).sum(axis=1)
-            c_all[lo : lo + len(part)] = c
-            for kk in np.unique(k):
-                pending.setdefault(int(kk), []).append(c[k == kk])
-        outs = [(sels[0], c_all[:P]), (sels[1], c_all[P : 2 * P]), (sels[2], c_all[2 * P :])]
+            # split by untried count: one stable (radix) sort of the small counts
+            by = np.argsort(k.astype(np.int8), kind="stable")
+            counts = np.bincount(k, minlength=n + 1)
+            ends = np.cumsum(counts)
+            for kk in np.flatnonzero(counts):
+                seg = by[ends[kk] - counts[kk] : ends[kk]]
+                pending.setdefault(int(kk), []).append((c[seg], li, lo + seg))
+        del pair, outcome
         layers_codes.append(codes)
         layers_status.append(status)
-        trans.append((rows, nodes, outs))
         u -= 1
 
     all_codes = np.concatenate(layers_codes)
-    order = np.argsort(all_codes)
+    S = len(all_codes)
+    # The space is stored in code order (`index` searches it); each layer is sorted, so
+    # the stable sort merges a few long runs.
+    order = np.argsort(all_codes, kind="stable")
     codes = all_codes[order]
     status = np.concatenate(layers_status)[order]
-    S = len(codes)
     offsets = np.cumsum([0] + [len(c) for c in layers_codes])
-    inv = np.empty(S, dtype=np.int64)
-    inv[order] = np.arange(S)  # position in concatenation -> sorted index
     # int32 indices (half the memory of the (S, n) tables, and of every gather's index)
     # while they fit; users that multiply an index by the level count widen it first.
-    idx = np.int32 if S < 2**31 - 1 else np.int64
+    idx = _index_type(S)
+    inv = np.empty(S, dtype=idx)
+    inv[order] = np.arange(S, dtype=idx)  # enumeration number -> sorted index
+    del all_codes, order, layers_codes, layers_status
     succ = [np.full((S, n), -1, dtype=idx) for _ in range(2)]
     # Without stochastic costs there is no cut-off successor, and without hypotheses the
     # posterior is the prior: read-only broadcasts instead of two (S, n) arrays.
@@ -408,12 +440,13 @@ def enumerate_states(
         succ.append(np.full((S, n), -1, dtype=idx))
     else:
         succ.append(np.broadcast_to(idx(-1), (S, n)))
-    for li, (rows, nodes, outs) in enumerate(trans):
-        src = inv[offsets[li] + rows]
-        for k, (sel, c) in enumerate(outs):
+    for li, (rows, nodes, sels, dest) in enumerate(trans):
+        flat = inv[offsets[li] + rows].astype(np.int64) * n + nodes
+        at = np.cumsum([0] + [len(sel) for sel in sels])
+        for k, sel in enumerate(sels):
             if len(sel):
-                succ[k][src[sel], nodes[sel]] = np.searchsorted(codes, c)
-    del trans, layers_codes, layers_status, all_codes, order, inv
+                succ[k].reshape(-1)[flat[sel]] = inv[dest[at[k] : at[k + 1]]]
+    del trans, inv
     _release_freed_memory()
     av = succ[0] >= 0
     if problem.hypotheses:
