@@ -156,13 +156,18 @@ def test_compiled_solver_chunks_hold_whole_states_of_one_layer():
 
     pr = compile_roadmap(random_roadmap(12, seed=4, hypotheses=2, stochastic_costs=0.4))
     space = enumerate_states(pr)
-    st, _ = np.nonzero(space.avail)
+    by_layer = np.argsort(space.untried, kind="stable")
+    rows, _ = np.nonzero(space.avail[by_layer])
+    states = by_layer[rows]  # the pairs, state by state in solve order
+    st = states
     chunk = 2 * pr.n
-    order, slot, n_chunks = chunk_layout(space.untried, st, chunk, pr.n)
-    assert sorted(order) == list(range(len(st))) and len(set(slot)) == len(slot)
-    assert slot.max() < n_chunks * chunk
+    counts = space.avail.sum(axis=1)[by_layer]
+    slot, n_chunks, of_state = chunk_layout(space.untried[by_layer], counts, chunk, pr.n)
+    assert len(slot) == len(states) and len(set(slot)) == len(slot)
+    assert slot.min() >= 0 and slot.max() < n_chunks * chunk
     cid = slot // chunk
-    states = st[order]
+    assert np.array_equal(of_state[rows], cid)  # the per-state chunk is its pairs' chunk
+    assert (of_state[counts == 0] == -1).all()
     for c in np.unique(cid):
         assert len(np.unique(space.untried[states[cid == c]])) == 1  # one layer
     for s in np.unique(st):  # a state's pairs all in one chunk
@@ -172,7 +177,7 @@ def test_compiled_solver_chunks_hold_whole_states_of_one_layer():
     assert first_layer == sorted(first_layer)
     assert n_chunks > len(np.unique(space.untried[st]))  # some layer spans chunks
     with pytest.raises(ValueError, match="must hold"):
-        chunk_layout(space.untried, st, pr.n, pr.n)
+        chunk_layout(space.untried[by_layer], counts, pr.n, pr.n)
 
 
 def test_popcount_table_matches_bit_counting():

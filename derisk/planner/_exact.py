@@ -9,7 +9,7 @@ import numpy as np
 
 from derisk.planner._backup import action_value, continuation
 from derisk.planner._problem import PlanningProblem
-from derisk.planner._states import StateSpace
+from derisk.planner._states import StateSpace, small_pages
 
 # Rows per block: each (rows x levels) temporary is ~4 MB and stays in cache; measured
 # 2.8x faster than 32k-row blocks on a 1M-state roadmap (BENCHMARKS.md).
@@ -24,6 +24,7 @@ TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by t
 FUSED_MIN_WORK = 1 << 27  # pairs x levels past which the compiled solver pays (`_fused`)
 
 
+@small_pages
 def solve_exact(
     problem: PlanningProblem, space: StateSpace, progress=None, *, threads=None, engine="auto"
 ):

@@ -39,50 +39,56 @@ STEPS_PER_CALL = 512  # chunks per compiled call: the progress bar moves between
 NO_ACTION = 127
 
 
-def chunk_layout(untried: np.ndarray, st: np.ndarray, chunk: int, n: int):
-    """Place row-major (state, experiment) pairs into chunks of `chunk` slots.
+def chunk_layout(layer: np.ndarray, pairs: np.ndarray, chunk: int, n: int):
+    """Place the (state, experiment) pairs of states in solve order into chunks.
 
-    Pairs are ordered by layer (untried count, stable), a state's pairs stay together,
-    and no chunk holds two layers. Returns (order, slot, n_chunks): pair order[k] goes
-    to flat slot slot[k] of an (n_chunks * chunk) layout.
+    layer: (S,) untried count of each state, nondecreasing (states sorted by layer);
+    pairs: (S,) each state's pair count (at most n). The pairs are numbered in that
+    order (a state's together); pair k goes to flat slot slot[k] of an
+    (n_chunks * chunk) layout. A state's pairs stay in one chunk and no chunk holds two
+    layers. Returns (slot, n_chunks, chunk_of_state); states without pairs get -1.
+    Everything is computed per state (S values), not per pair.
     """
     if chunk < 2 * n:
         raise ValueError(f"chunk {chunk} must hold at least 2 x {n} pairs")
-    order = np.argsort(untried[st], kind="stable")
-    st_o = st[order]
-    layer = untried[st_o]
-    P = len(st_o)
-    if P == 0:
-        return order, np.zeros(0, dtype=np.int64), 0
+    pairs = np.asarray(pairs, dtype=np.int64)
+    total = int(pairs.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64), 0, np.full(len(pairs), -1, dtype=np.int64)
+    first = np.cumsum(pairs) - pairs  # each state's first pair
     new_layer = np.r_[True, layer[1:] != layer[:-1]]
-    new_state = np.r_[True, st_o[1:] != st_o[:-1]]
-    layer_start = np.flatnonzero(new_layer)
     layer_id = np.cumsum(new_layer) - 1
-    pos_in_layer = np.arange(P) - layer_start[layer_id]
+    layer_first = first[new_layer]
+    layer_size = np.diff(np.r_[layer_first, total])
     # A state goes to the chunk its first pair's position falls in, on a grid of
     # `chunk - n + 1` slots, so a chunk's states (at most n pairs each) always fit.
     step = chunk - n + 1
-    first = np.maximum.accumulate(np.where(new_state, np.arange(P), 0))  # state's 1st pair
-    local = pos_in_layer[first] // step
-    layer_sizes = np.diff(np.r_[layer_start, P])
-    per_layer = -(-layer_sizes // step)
+    per_layer = -(-layer_size // step)
     offset = np.r_[0, np.cumsum(per_layer)[:-1]]
-    cid = offset[layer_id] + local
-    chunk_first = np.full(int(per_layer.sum()), P, dtype=np.int64)
-    np.minimum.at(chunk_first, cid, np.arange(P))
-    slot = cid * chunk + (np.arange(P) - chunk_first[cid])
-    return order, slot, int(per_layer.sum())
+    cid = offset[layer_id] + (first - layer_first[layer_id]) // step
+    has = pairs > 0
+    n_chunks = int(per_layer.sum())
+    chunk_first = np.full(n_chunks, total, dtype=np.int64)
+    np.minimum.at(chunk_first, cid[has], first[has])
+    shift = cid * chunk - chunk_first[np.minimum(cid, n_chunks - 1)]
+    slot = np.repeat(shift[has], pairs[has]) + np.arange(total)
+    return slot, n_chunks, np.where(has, cid, -1)
 
 
 def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, chunk=CHUNK):
     """Optimal values (S, L) float64 and policy (S, L) int8 (-1 = stop)."""
     S, L, n = space.size, problem.levels + 1, problem.n
-    st, node = np.nonzero(space.avail)
-    order, slot, n_chunks = chunk_layout(space.untried, st, chunk, n)
-    st, node = st[order], node[order]
+    # States in solve order (layer by layer; a radix sort of the small counts), and
+    # their pairs in that order straight from the availability table.
+    by_layer = np.argsort(space.untried.astype(np.int8), kind="stable")
+    rows, node = np.nonzero(space.avail[by_layer])
+    st = by_layer[rows]
+    del rows
+    counts = space.avail.sum(axis=1)[by_layer]
+    slot, n_chunks, cid = chunk_layout(space.untried[by_layer], counts, chunk, n)
     tot = n_chunks * chunk
-    firsts = np.r_[True, st[1:] != st[:-1]] if len(st) else np.zeros(0, dtype=bool)
-    states_per_chunk = np.bincount(slot[firsts] // chunk, minlength=n_chunks)
+    states_per_chunk = np.bincount(cid[cid >= 0], minlength=n_chunks)
+    del by_layer, counts, cid
 
     def laid(values, fill, dtype):
         out = np.full(tot, fill, dtype=dtype)
@@ -101,7 +107,7 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         pairs["sd"] = laid(np.where(d < 0, S, d), S, np.int32)
     if problem.hypotheses:
         pairs["p"] = laid(space.p[st, node], 0.0, np.float64)
-    del st, node, order
+    del st, node
     slot = None  # free the (pairs,) temporaries before the (S, L) arrays exist
     K = max(len(c) for c in problem.cost_units)
     cu = np.zeros((n, K), dtype=np.int32)

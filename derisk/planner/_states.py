@@ -10,6 +10,9 @@ form the layers of an exact backward induction.
 
 from __future__ import annotations
 
+import functools
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -280,15 +283,59 @@ def _release_freed_memory() -> None:
     so after an enumeration's many mid-sized temporaries the process holds ~0.6 GB it no
     longer uses on a 1.5M-state problem: memory the solver's (S, L) arrays then sit on top
     of. `malloc_trim` returns it (measured in BENCHMARKS.md)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (`find_library` runs a subprocess)."""
     import ctypes
     import ctypes.util
 
     try:
         name = ctypes.util.find_library("c")
-        if name:
-            ctypes.CDLL(name).malloc_trim(0)
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        return None
+
+
+@contextmanager
+def _small_pages():
+    """Ask numpy for ordinary 4 KiB pages, not transparent huge pages, meanwhile.
+
+    numpy advises the kernel to back every allocation of 4 MB or more with huge pages.
+    On the benchmark machine (a virtual machine) a huge page's first touch is slow:
+    filling a fresh 2.4 GB array takes 4.8 s with them and 0.9 s without, so the
+    enumeration's temporaries and the solver's (S, L) arrays pay seconds for nothing
+    (BENCHMARKS.md). An explicit NUMPY_MADVISE_HUGEPAGE setting is left as it is."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy < 2.0
+        try:
+            from numpy.core.multiarray import _set_madvise_hugepage
+        except ImportError:
+            _set_madvise_hugepage = None
+    if _set_madvise_hugepage is None or "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        yield
+        return
+    before = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(before)
+
+
+def small_pages(fn):
+    """Decorator: run `fn` under `_small_pages`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with _small_pages():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def resident_bytes() -> int:
@@ -296,13 +343,12 @@ def resident_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[1])
-        import os
-
         return pages * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
 
 
+@small_pages
 def enumerate_states(
     problem: PlanningProblem,
     *,
