@@ -95,16 +95,20 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         out[slot] = values
         return out
 
+    # State s lives in row s + 1 of the compiled solver's values: row 0 is padding, so a
+    # successor's row read `cost` columns early (`_steps`) never starts before the
+    # array; row S + 1 is a dummy state that the empty slots point at.
+    dummy = S + 1
     stochastic = any(len(c) > 1 for c in problem.cost_units)
     pairs = dict(
-        st=laid(st, S, np.int32),  # row S: a dummy state that stays 0
+        st=laid(st + 1, dummy, np.int32),
         node=laid(node, 0, np.int32),
-        ss=laid(space.succ_s[st, node], S, np.int32),
-        sf=laid(space.succ_f[st, node], S, np.int32),
+        ss=laid(space.succ_s[st, node] + 1, dummy, np.int32),
+        sf=laid(space.succ_f[st, node] + 1, dummy, np.int32),
     )
     if stochastic:
         d = space.succ_d[st, node]
-        pairs["sd"] = laid(np.where(d < 0, S, d), S, np.int32)
+        pairs["sd"] = laid(np.where(d < 0, dummy, d + 1), dummy, np.int32)
     if problem.hypotheses:
         pairs["p"] = laid(space.p[st, node], 0.0, np.float64)
     del st, node
@@ -127,8 +131,8 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         cst = {k: jnp.asarray(v) for k, v in consts.items()}
         del pairs
         _release_freed_memory()  # the host-side layout, before the (S, L) arrays exist
-        V = jnp.zeros((S + 1, L), dtype=jnp.float64)
-        pol = jnp.full((S + 1, L), NO_ACTION, dtype=jnp.int8)
+        V = jnp.zeros((S + 2, L), dtype=jnp.float64)
+        pol = jnp.full((S + 2, L), NO_ACTION, dtype=jnp.int8)
         for a in range(0, n_chunks, STEPS_PER_CALL):
             b = min(a + STEPS_PER_CALL, n_chunks)
             V, pol = _steps(V, pol, dev, cst, a, b, chunk=chunk, L=L, K=K, price=price)
@@ -136,8 +140,8 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
                 progress(int(states_per_chunk[a:b].sum()))
         pol = jax.block_until_ready(_finish(pol))
         # Views of the XLA buffers on a CPU (no copy); read-only, like every solution.
-        values = np.asarray(V)[:S]
-        policy = np.asarray(pol)[:S]
+        values = np.asarray(V)[1 : S + 1]
+        policy = np.asarray(pol)[1 : S + 1]
     del dev
     _release_freed_memory()
     if progress is not None:  # the states with nothing to run (no pairs)
@@ -154,6 +158,7 @@ def _finish(pol):
 def _steps(V, pol, dev, cst, start, stop, *, chunk, L, K, price):
     lv = jnp.arange(L)
     dummy = V.shape[0] - 1
+    index = jnp.int32 if V.size < 2**31 else jnp.int64  # flat positions in the values
 
     def body(k, carry):
         V, pol = carry
@@ -161,14 +166,20 @@ def _steps(V, pol, dev, cst, start, stop, *, chunk, L, K, price):
         st, nd, ss, sf = sl(dev["st"]), sl(dev["node"]), sl(dev["ss"]), sl(dev["sf"])
         p = sl(dev["p"]) if "p" in dev else cst["p_node"][nd]
         R = cst["reward"][nd]
-        cont = (R[:, None] + V[ss]) * p[:, None] + V[sf] * (1.0 - p)[:, None]  # (C, L)
         if K == 1:
-            c = cst["cu"][nd, 0]
-            idx = lv[None, :] - c[:, None]
-            q = jnp.take_along_axis(cont, jnp.maximum(idx, 0), axis=1)
+            # Deterministic cost c: q[b] reads the successors at b - c. The values as
+            # one flat array, a successor's row read from c places before its start is
+            # that row shifted right (the first c entries, from the row before, are
+            # masked below): a contiguous window per pair, no shift of its own.
+            c = jnp.minimum(cst["cu"][nd, 0], L)
+            flat = V.reshape(-1)
+            window = jax.vmap(lambda start: lax.dynamic_slice(flat, (start,), (L,)))
+            base = (ss.astype(index) * L - c, sf.astype(index) * L - c)
+            q = (R[:, None] + window(base[0])) * p[:, None] + window(base[1]) * (1.0 - p)[:, None]
             if price:
                 q = q + price * c[:, None]
         else:
+            cont = (R[:, None] + V[ss]) * p[:, None] + V[sf] * (1.0 - p)[:, None]  # (C, L)
             vd0 = V[sl(dev["sd"]), 0] if "sd" in dev else jnp.zeros(chunk)
             q = jnp.zeros((chunk, L))
             for j in range(K):
