@@ -138,12 +138,15 @@ def canonical(model: MaskModel, U: np.ndarray, S: np.ndarray, F: np.ndarray):
     """`_states.canonicalize` on masks: returns new (U, S, F)."""
     # alive: untried and each clause has a success or an alive alternative; `can` is
     # succeeded or alive, so alive = can less the successes.
-    can = S.copy()
+    # Experiments without prerequisites are alive exactly when untried: all at once.
+    free = sum(1 << i for i in range(model.n) if not model.clauses[i])
+    can = S | (U & np.int64(free))
     for i in model.topo:
-        ok = _bit(U, i)
-        for c in model.clauses[i]:
-            ok &= (can & c) != 0
-        can |= ok * np.int64(1 << i)
+        if model.clauses[i]:
+            ok = _bit(U, i)
+            for c in model.clauses[i]:
+                ok &= (can & c) != 0
+            can |= ok * np.int64(1 << i)
     alive = can & ~S
     # useful: alive and on a path to a reward, or informative about a hypothesis a
     # useful node depends on; to a fixed point.
@@ -152,9 +155,10 @@ def canonical(model: MaskModel, U: np.ndarray, S: np.ndarray, F: np.ndarray):
     while True:
         useful = target.copy()
         for j in reversed(model.topo):
-            for c in model.clauses[j]:
-                need = _bit(useful, j) & open_clause[c]
-                useful |= (need * np.int64(c)) & alive
+            if model.clauses[j]:
+                uj = _bit(useful, j)
+                for c in model.clauses[j]:
+                    useful |= ((uj & open_clause[c]) * np.int64(c)) & alive
         informing = [H for H in model.hyp_masks if H & (H - 1)]  # 2+ nodes
         if not informing:  # nothing to inform: useful is final after one pass
             break

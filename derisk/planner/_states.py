@@ -383,6 +383,17 @@ def enumerate_states(
         raise too_large(1, estimate_bytes(1, problem.levels, n))
     start = canonicalize(problem, problem.start_status[None, :])
     stochastic = np.array([len(c) > 1 for c in problem.cost_units])
+    # Outcomes that are the same state once canonical, canonicalised once: without a
+    # hypothesis a cut-off (DEAD) is a failure (neither is a success, neither is
+    # evidence); and an experiment also in no prerequisite clause is forgotten however
+    # it ends, so its failure is its success (85% of the pairs on the benchmark's
+    # largest case).
+    no_hyp = problem.hyp_of < 0
+    in_clause = np.zeros(n, dtype=bool)
+    for clauses in problem.clauses:
+        for c in clauses:
+            in_clause |= (c >> np.arange(n)) & 1 == 1
+    fail_is_success = no_hyp & ~in_clause
     root_code = encode(start)[0]
     # Successor codes wait in `pending` under their untried count until that layer is
     # reached: (codes, source layer, positions in that layer's `dest`).
@@ -390,7 +401,7 @@ def enumerate_states(
         int((start == UNTRIED).sum()): [(np.array([root_code]), -1, None)]
     }
     layers_codes, layers_status = [], []
-    trans = []  # per layer: (rows, nodes, selections of s/f/d triples, dest)
+    trans = []  # per layer: (rows, nodes, which triple holds each s/f/d successor, dest)
     total = 0
     u = max(pending)
     # Up to 31 experiments the states are handled as bit masks (`_masks`); past that,
@@ -438,11 +449,21 @@ def enumerate_states(
         # chunks that bound the temporaries), not one call per node or outcome: the
         # Python overhead is per call.
         P = len(rows)
-        sels = (np.arange(P), np.arange(P), np.flatnonzero(stochastic[nodes]))
-        pair = np.concatenate(sels)
-        outcome = np.repeat(np.array([SUCCESS, FAILED, DEAD], dtype=np.int8), [P, P, len(sels[2])])
+        own_f = np.flatnonzero(~fail_is_success[nodes])
+        cut = np.flatnonzero(stochastic[nodes])
+        own_d = cut[~no_hyp[nodes[cut]]]
+        pair = np.concatenate([np.arange(P), own_f, own_d])
+        outcome = np.repeat(
+            np.array([SUCCESS, FAILED, DEAD], dtype=np.int8), [P, len(own_f), len(own_d)]
+        )
+        # the triple that holds each pair's failure, and each cut pair's cut-off
+        f_of = np.arange(P)
+        f_of[own_f] = P + np.arange(len(own_f))
+        d_of = f_of[cut]
+        d_of[~no_hyp[nodes[cut]]] = P + len(own_f) + np.arange(len(own_d))
+        links = ((None, None), (None, f_of), (cut, d_of))  # (pairs, triples); None: all
         li = len(trans)
-        trans.append((rows, nodes, sels, np.empty(len(pair), dtype=_index_type(max_states))))
+        trans.append((rows, nodes, links, np.empty(len(pair), dtype=_index_type(max_states))))
         for lo in range(0, len(pair), chunk):
             part, out = pair[lo : lo + chunk], outcome[lo : lo + chunk]
             if model is not None:
@@ -486,12 +507,12 @@ def enumerate_states(
         succ.append(np.full((S, n), -1, dtype=idx))
     else:
         succ.append(np.broadcast_to(idx(-1), (S, n)))
-    for li, (rows, nodes, sels, dest) in enumerate(trans):
+    for li, (rows, nodes, links, dest) in enumerate(trans):
         flat = inv[offsets[li] + rows].astype(np.int64) * n + nodes
-        at = np.cumsum([0] + [len(sel) for sel in sels])
-        for k, sel in enumerate(sels):
-            if len(sel):
-                succ[k].reshape(-1)[flat[sel]] = inv[dest[at[k] : at[k + 1]]]
+        for k, (sel, triple) in enumerate(links):
+            at = flat if sel is None else flat[sel]
+            if len(at):
+                succ[k].reshape(-1)[at] = inv[dest[: len(rows)] if triple is None else dest[triple]]
     del trans, inv
     _release_freed_memory()
     av = succ[0] >= 0
