@@ -9,7 +9,7 @@ import numpy as np
 
 from derisk.planner._backup import action_value, continuation
 from derisk.planner._problem import PlanningProblem
-from derisk.planner._states import StateSpace, small_pages
+from derisk.planner._states import StateSpace, outcome_free, small_pages
 
 # Rows per block: each (rows x levels) temporary is ~4 MB and stays in cache; measured
 # 2.8x faster than 32k-row blocks on a 1M-state roadmap (BENCHMARKS.md).
@@ -53,6 +53,7 @@ def solve_exact(
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit
     block = _block_rows(L)
+    same = outcome_free(problem)  # success and failure lead to one state: one gather
 
     def backup(rows):  # one block of rows of a layer
         best = np.zeros((len(rows), L))  # stopping is worth 0
@@ -75,18 +76,23 @@ def solve_exact(
                 # the run cannot start and nothing changes.
                 c = int(units[0])
                 if c < L:
-                    q = continuation(
-                        space.p[st, i],
-                        V[space.succ_s[st, i].astype(np.intp), : L - c],
-                        V[space.succ_f[st, i].astype(np.intp), : L - c],
-                        gain=problem.reward[i],
-                    )
+                    if same[i]:  # p (gain + x) + (1 - p) x = x + p gain
+                        q = V[space.succ_s[st, i].astype(np.intp), : L - c]
+                        if problem.reward[i]:
+                            q += (problem.reward[i] * space.p[st, i])[:, None]
+                    else:
+                        q = continuation(
+                            space.p[st, i],
+                            V[space.succ_s[st, i].astype(np.intp), : L - c],
+                            V[space.succ_f[st, i].astype(np.intp), : L - c],
+                            gain=problem.reward[i],
+                        )
                     if price and c:
                         q += price * c
                     tail = cur[:, c:]
                     better = q > tail + TIE
                     np.maximum(tail, q, out=tail)
-                    a[:, c:][better] = i
+                    np.copyto(a[:, c:], i, where=better)
             else:
                 d = space.succ_d[st, i]
                 q = action_value(

@@ -240,6 +240,7 @@ BYTES_PER_STATE_LEVEL = 30
 # successor indices (24), and the heuristic scores built per table (8).
 BYTES_PER_STATE_NODE = 42
 OVERHEAD_BYTES = 64 * 2**20  # block temporaries of the backups (a few MB each) and slack
+TRIM_MIN_CELLS = 1 << 22  # (state, experiment) cells past which enumeration trims the heap
 ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerating
 ENUM_CHUNK_MASKS = 1 << 18  # the same with bit masks: (pairs,) int64 temporaries, 2 MB each
 
@@ -268,6 +269,18 @@ def _successors_masks(model, masks, rows, nodes, outcome):
     F |= bit * (outcome == FAILED)
     U, S, F = canonical_masks(model, U, S, F)
     return to_codes(U, S, F, model.n), popcount(U)
+
+
+def outcome_free(problem: PlanningProblem) -> np.ndarray:
+    """(n,) bool: experiments whose outcome the canonical state forgets at once (no
+    hypothesis, in no prerequisite clause), so that success and failure lead to the
+    same state (`succ_s == succ_f` on every pair of such an experiment)."""
+    n = problem.n
+    in_clause = np.zeros(n, dtype=bool)
+    for clauses in problem.clauses:
+        for c in clauses:
+            in_clause |= (c >> np.arange(n)) & 1 == 1
+    return (problem.hyp_of < 0) & ~in_clause
 
 
 def estimate_bytes(states: int, levels: int, n: int) -> int:
@@ -389,11 +402,7 @@ def enumerate_states(
     # it ends, so its failure is its success (85% of the pairs on the benchmark's
     # largest case).
     no_hyp = problem.hyp_of < 0
-    in_clause = np.zeros(n, dtype=bool)
-    for clauses in problem.clauses:
-        for c in clauses:
-            in_clause |= (c >> np.arange(n)) & 1 == 1
-    fail_is_success = no_hyp & ~in_clause
+    fail_is_success = outcome_free(problem)
     root_code = encode(start)[0]
     # Successor codes wait in `pending` under their untried count until that layer is
     # reached: (codes, source layer, positions in that layer's `dest`).
@@ -514,7 +523,8 @@ def enumerate_states(
             if len(at):
                 succ[k].reshape(-1)[at] = inv[dest[: len(rows)] if triple is None else dest[triple]]
     del trans, inv
-    _release_freed_memory()
+    if S * n >= TRIM_MIN_CELLS:  # a trim walks the heap: worth it after large temporaries
+        _release_freed_memory()
     av = succ[0] >= 0
     if problem.hypotheses:
         p = beliefs(problem, status)
