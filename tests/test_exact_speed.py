@@ -186,3 +186,32 @@ def test_popcount_table_matches_bit_counting():
     m = np.random.default_rng(0).integers(0, 2**62, size=2000)
     want = np.array([bin(int(x)).count("1") for x in m])
     assert np.array_equal(_popcount_table(m), want) and np.array_equal(popcount(m), want)
+
+
+def test_heuristic_tables_match_a_state_by_state_choice():
+    """Each heuristic's (S, L) table, built column by column as experiments become
+    affordable, against the rule applied at every (state, level) in plain Python: the
+    highest score among runnable experiments whose minimum cost fits (first index on a
+    tie), else stop. Covers a tie on purpose (two experiments of equal cost)."""
+    from derisk.planner._heuristics import HEURISTICS, heuristic_policy, heuristic_scores
+
+    rs = generated_roadmaps(10, max_nodes=7)
+    rs.append(random_roadmap(6, seed=3, rewards=2, hypotheses=1, budget_levels=12))
+    ties = 0
+    for r in rs:
+        pr = compile_roadmap(r)
+        space = enumerate_states(pr)
+        lo = pr.min_cost
+        for name in HEURISTICS[:-1]:  # "random" has no table
+            table = heuristic_policy(name, pr, space)
+            score = np.array(heuristic_scores(name, pr, np.asarray(space.p)))
+            for s in range(space.size):
+                for b in range(pr.levels + 1):
+                    best, top = -1, -np.inf
+                    for i in range(pr.n):
+                        if space.avail[s, i] and lo[i] <= b:
+                            ties += score[s, i] == top
+                            if score[s, i] > top:
+                                best, top = i, score[s, i]
+                    assert table[s, b] == best, (name, s, b)
+    assert ties > 0  # the first-index rule was exercised

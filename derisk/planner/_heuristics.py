@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from derisk.planner._problem import PlanningProblem
-from derisk.planner._states import StateSpace
+from derisk.planner._states import StateSpace, small_pages
 
 HEURISTICS = ("steinhardt", "least_cost", "cheapest", "greedy", "random")
 _BIG = 1e300
@@ -26,6 +26,9 @@ _BIG = 1e300
 
 def heuristic_scores(name: str, problem: PlanningProblem, p: np.ndarray) -> np.ndarray:
     """(..., n) scores, higher is better, for posterior p (..., n)."""
+    if p.ndim == 2 and p.shape[0] > 1 and p.strides[0] == 0:
+        # The prior broadcast over every state (no hypotheses): score one row.
+        return np.broadcast_to(heuristic_scores(name, problem, p[:1]), p.shape)
     c = np.maximum(problem.mean_cost, 1e-12)  # a free experiment ranks as infinitely cheap
     with np.errstate(divide="ignore", invalid="ignore"):
         if name == "steinhardt":
@@ -41,22 +44,27 @@ def heuristic_scores(name: str, problem: PlanningProblem, p: np.ndarray) -> np.n
     return np.clip(np.nan_to_num(s, nan=0.0, posinf=_BIG, neginf=-_BIG), -_BIG, _BIG)
 
 
+@small_pages
 def heuristic_policy(name: str, problem: PlanningProblem, space: StateSpace) -> np.ndarray | None:
     """(S, L) int8 policy table, or None for "random" (evaluated as a stochastic policy)."""
     if name == "random":
         return None
     S, L = space.size, problem.levels + 1
     score = heuristic_scores(name, problem, space.p)
-    score = np.where(space.avail, score, -np.inf)
     lo = problem.min_cost
     policy = np.full((S, L), -1, dtype=np.int8)
     # The affordable set only grows with the budget, so the choice is constant between
-    # consecutive distinct minimum costs.
+    # consecutive distinct minimum costs. Experiments join the running best as they
+    # become affordable, each compared once (the first index wins a tie, as argmax).
+    value = np.full(S, -np.inf)
+    best = np.full(S, -1, dtype=np.int8)
     thresholds = sorted(set(int(x) for x in lo if x < L))
     for k, t in enumerate(thresholds):
+        for i in np.flatnonzero(lo == t):
+            col = np.where(space.avail[:, i], score[:, i], -np.inf)
+            better = (col > value) | ((col == value) & (i < best) & np.isfinite(col))
+            value[better] = col[better]
+            best[better] = i
         end = thresholds[k + 1] if k + 1 < len(thresholds) else L
-        s = np.where((lo <= t)[None, :], score, -np.inf)
-        best = np.argmax(s, axis=1)
-        ok = np.isfinite(s[np.arange(S), best])
-        policy[:, t:end] = np.where(ok, best, -1)[:, None]
+        policy[:, t:end] = best[:, None]
     return policy
