@@ -215,3 +215,25 @@ def test_heuristic_tables_match_a_state_by_state_choice():
                                 best, top = i, score[s, i]
                     assert table[s, b] == best, (name, s, b)
     assert ties > 0  # the first-index rule was exercised
+
+
+def test_small_pages_is_scoped_and_respects_the_environment(monkeypatch):
+    """The planner turns numpy's huge-page advice off only while it works, puts the
+    setting back, and leaves an explicit NUMPY_MADVISE_HUGEPAGE alone."""
+    from numpy._core.multiarray import _set_madvise_hugepage
+
+    from derisk.planner._states import _small_pages
+
+    def current():
+        before = _set_madvise_hugepage(True)  # returns the previous setting
+        _set_madvise_hugepage(before)
+        return before
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    _set_madvise_hugepage(True)
+    with _small_pages():
+        assert current() is False
+    assert current() is True
+    monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
+    with _small_pages():
+        assert current() is True
