@@ -16,7 +16,7 @@ import numpy as np
 from derisk.planner._backup import action_value
 from derisk.planner._exact import _block_rows
 from derisk.planner._problem import PlanningProblem
-from derisk.planner._states import StateSpace
+from derisk.planner._states import StateSpace, outcome_free
 
 
 def rewarded_nodes(problem: PlanningProblem) -> list[int]:
@@ -141,6 +141,9 @@ def start_value(
     b0 = problem.start_budget if level is None else int(level)
     mu = np.zeros((S, L))
     mu[s0, b0] = 1.0
+    same = outcome_free(problem)
+    reached = np.zeros(S, dtype=bool)  # states mass has reached: only those are scanned
+    reached[s0] = True
     flat = mu.reshape(-1)
     rewarded = rewarded_nodes(problem)
     value = compute = 0.0
@@ -152,6 +155,9 @@ def start_value(
     for layer in reversed(space.layers()):
         for start in range(0, len(layer), block):
             rows = layer[start : start + block]
+            rows = rows[reached[rows]]
+            if not len(rows):
+                continue
             sub = mu[rows]
             ri, li = np.nonzero(sub > 0)
             if not len(ri):
@@ -184,9 +190,14 @@ def start_value(
                         left = b[fit] - c
                         pf = p[fit]
                         ss = space.succ_s[s[fit], i].astype(np.int64)  # x L: widen first
-                        sf = space.succ_f[s[fit], i].astype(np.int64)
-                        np.add.at(flat, ss * L + left, wq * pf)
-                        np.add.at(flat, sf * L + left, wq * (1 - pf))
+                        if same[i]:  # both outcomes lead to one state: one scatter
+                            np.add.at(flat, ss * L + left, wq)
+                            reached[ss] = True
+                        else:
+                            sf = space.succ_f[s[fit], i].astype(np.int64)
+                            np.add.at(flat, ss * L + left, wq * pf)
+                            np.add.at(flat, sf * L + left, wq * (1 - pf))
+                            reached[ss] = reached[sf] = True
                         won = float(wq @ pf)
                         p_succ[i] += won
                         value += won * problem.reward[i] - price * c * wq.sum()
@@ -196,6 +207,7 @@ def start_value(
                         wq = w[over] * q
                         d = space.succ_d[s[over], i].astype(np.int64)
                         np.add.at(flat, d * L, wq)
+                        reached[d] = True
                         spent = float(wq @ b[over])
                         value -= price * spent
                         compute += spent
