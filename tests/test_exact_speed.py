@@ -237,3 +237,19 @@ def test_small_pages_is_scoped_and_respects_the_environment(monkeypatch):
     monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
     with _small_pages():
         assert current() is True
+
+
+def test_progress_counts_every_state_once_and_only_when_done():
+    """Enumeration reports each layer's states as it finds them, the compiled solver
+    each call's states (and those with nothing to run): both bars end at the state
+    count."""
+    from derisk.planner._fused import solve_fused
+
+    pr = compile_roadmap(random_roadmap(12, seed=4, hypotheses=2, stochastic_costs=0.4))
+    found = []
+    space = enumerate_states(pr, progress=found.append)
+    assert sum(found) == space.size and len(found) == len(space.layers())
+    done = []
+    values, _ = solve_fused(pr, space, progress=done.append, chunk=2 * pr.n)
+    assert sum(done) == space.size and len(done) >= 2
+    assert np.isfinite(values).all()

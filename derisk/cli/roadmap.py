@@ -372,7 +372,9 @@ def solve_roadmap(
         max_memory_gb=max_memory_gb,
     )
     try:
-        space = build_space(problem, config)
+        with progress("{task.completed:,} states") as bar:
+            task = bar.add_task("enumerating states", total=None)
+            space = build_space(problem, config, progress=lambda k: bar.advance(task, k))
     except ProblemTooLarge as exc:
         if solver == "auto":
             warn(

@@ -136,7 +136,8 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         for a in range(0, n_chunks, STEPS_PER_CALL):
             b = min(a + STEPS_PER_CALL, n_chunks)
             V, pol = _steps(V, pol, dev, cst, a, b, chunk=chunk, L=L, K=K, price=price)
-            if progress is not None:
+            if progress is not None:  # calls return at once (asynchronous dispatch):
+                V.block_until_ready()  # report what is done, not what is queued
                 progress(int(states_per_chunk[a:b].sum()))
         pol = jax.block_until_ready(_finish(pol))
         # Views of the XLA buffers on a CPU (no copy); read-only, like every solution.

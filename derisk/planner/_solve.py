@@ -158,11 +158,14 @@ class Policy:
         return float(self.solution.values[s, b])
 
 
-def build_space(problem: PlanningProblem, config: SolveConfig = SolveConfig()) -> StateSpace:
+def build_space(
+    problem: PlanningProblem, config: SolveConfig = SolveConfig(), progress=None
+) -> StateSpace:
     """Count (and keep) the reachable states, refusing past the configured limits.
 
     The memory limit is for the whole process: what it already holds (the interpreter,
     numpy, the roadmap) is taken off before the planner's arrays are counted.
+    `progress(k)`: k more states found (one call per layer).
     """
     if not (np.isfinite(config.max_memory_gb) and config.max_memory_gb > 0):
         raise SolverError(f"max_memory_gb must be a positive number, got {config.max_memory_gb}")
@@ -174,6 +177,7 @@ def build_space(problem: PlanningProblem, config: SolveConfig = SolveConfig()) -
         max_states=config.max_states,
         max_bytes=limit - resident_bytes(),
         limit_bytes=limit,
+        progress=progress,
     )
 
 

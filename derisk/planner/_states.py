@@ -369,6 +369,7 @@ def enumerate_states(
     max_bytes: int = 8 * 2**30,
     limit_bytes: int | None = None,
     fast: bool = True,
+    progress=None,
 ) -> StateSpace:
     """Enumerate reachable canonical states layer by layer (vectorised).
 
@@ -377,6 +378,7 @@ def enumerate_states(
     enumerating at all when one state's budget levels alone are over). `limit_bytes`
     is the user's limit, when `max_bytes` is what is left of it, for the message.
     `fast=False` uses the (F, n) status-array rules at every size (the reference).
+    `progress(k)` is called with the number of states of each layer as it is found.
     """
     n = problem.n
 
@@ -493,6 +495,8 @@ def enumerate_states(
         del pair, outcome
         layers_codes.append(codes)
         layers_status.append(status)
+        if progress is not None:
+            progress(len(codes))
         u -= 1
 
     all_codes = np.concatenate(layers_codes)
