@@ -56,7 +56,7 @@ def to_codes(U: np.ndarray, S: np.ndarray, F: np.ndarray, n: int) -> np.ndarray:
     return _spread(S | D) | (_spread(F | D) << 1)
 
 
-def _bits(m: np.ndarray, n: int) -> np.ndarray:
+def bits_of(m: np.ndarray, n: int) -> np.ndarray:
     """(F,) masks -> (F, n) uint8 bits (bit i in column i)."""
     raw = np.ascontiguousarray(m, dtype="<i8").view(np.uint8).reshape(-1, 8)
     return np.unpackbits(raw, axis=1, bitorder="little")[:, :n]
@@ -65,9 +65,9 @@ def _bits(m: np.ndarray, n: int) -> np.ndarray:
 def to_status(U: np.ndarray, S: np.ndarray, F: np.ndarray, n: int) -> np.ndarray:
     """The masks' (F, n) int8 statuses, as `_states.decode` computes them from codes."""
     D = np.int64((1 << n) - 1) & ~(U | S | F)
-    out = _bits(S, n)
-    out += 2 * _bits(F, n)
-    out += 3 * _bits(D, n)
+    out = bits_of(S, n)
+    out += 2 * bits_of(F, n)
+    out += 3 * bits_of(D, n)
     return out.view(np.int8)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from derisk.errors import ProblemTooLarge
 from derisk.planner._masks import MAX_NODES as MASK_FAST_NODES
-from derisk.planner._masks import MaskModel, popcount, to_codes, to_masks, to_status
+from derisk.planner._masks import MaskModel, bits_of, popcount, to_codes, to_masks, to_status
 from derisk.planner._masks import available as mask_available
 from derisk.planner._masks import canonical as canonical_masks
 from derisk.planner._problem import DEAD, FAILED, SUCCESS, UNTRIED, PlanningProblem
@@ -444,10 +444,7 @@ def enumerate_states(
             status = to_status(*masks, n)
             runnable = mask_available(model, masks[0], masks[1])
             # bits -> (n, F) uint8 (not an (F, n) int64 temporary: 8x less memory)
-            bits = np.unpackbits(
-                runnable.astype("<i8").view(np.uint8).reshape(-1, 8), axis=1, bitorder="little"
-            )
-            bits = np.ascontiguousarray(bits[:, :n].T)
+            bits = np.ascontiguousarray(bits_of(runnable, n).T)
         else:
             status = decode(codes, n)
             bits = np.ascontiguousarray(available(problem, status).T)
