@@ -319,10 +319,11 @@ def _small_pages():
     """Ask numpy for ordinary 4 KiB pages, not transparent huge pages, meanwhile.
 
     numpy advises the kernel to back every allocation of 4 MB or more with huge pages.
-    On the benchmark machine (a virtual machine) a huge page's first touch is slow:
-    filling a fresh 2.4 GB array takes 4.8 s with them and 0.9 s without, so the
-    enumeration's temporaries and the solver's (S, L) arrays pay seconds for nothing
-    (BENCHMARKS.md). An explicit NUMPY_MADVISE_HUGEPAGE setting is left as it is."""
+    On the benchmark machine (a virtual machine) filling a fresh 2.4 GB array takes a
+    steady ~1 s on 4 KiB pages but 0.25-4.8 s with the advice, slow whenever 2 MB blocks
+    must first be assembled, so the enumeration's temporaries and the solver's (S, L)
+    arrays pay seconds for nothing (BENCHMARKS.md). An explicit NUMPY_MADVISE_HUGEPAGE
+    setting is left as it is."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # numpy < 2.0
@@ -459,7 +460,8 @@ def enumerate_states(
         P = len(rows)
         own_f = np.flatnonzero(~fail_is_success[nodes])
         cut = np.flatnonzero(stochastic[nodes])
-        own_d = cut[~no_hyp[nodes[cut]]]
+        cut_own = ~no_hyp[nodes[cut]]  # a cut-off that is not simply a failure
+        own_d = cut[cut_own]
         pair = np.concatenate([np.arange(P), own_f, own_d])
         outcome = np.repeat(
             np.array([SUCCESS, FAILED, DEAD], dtype=np.int8), [P, len(own_f), len(own_d)]
@@ -468,8 +470,9 @@ def enumerate_states(
         f_of = np.arange(P)
         f_of[own_f] = P + np.arange(len(own_f))
         d_of = f_of[cut]
-        d_of[~no_hyp[nodes[cut]]] = P + len(own_f) + np.arange(len(own_d))
-        links = ((None, None), (None, f_of), (cut, d_of))  # (pairs, triples); None: all
+        d_of[cut_own] = P + len(own_f) + np.arange(len(own_d))
+        # (pairs, the triple of each) for the s/f/d tables; pairs None: every pair
+        links = ((None, slice(0, P)), (None, f_of), (cut, d_of))
         li = len(trans)
         trans.append((rows, nodes, links, np.empty(len(pair), dtype=_index_type(max_states))))
         for lo in range(0, len(pair), chunk):
@@ -522,7 +525,7 @@ def enumerate_states(
         for k, (sel, triple) in enumerate(links):
             at = flat if sel is None else flat[sel]
             if len(at):
-                succ[k].reshape(-1)[at] = inv[dest[: len(rows)] if triple is None else dest[triple]]
+                succ[k].reshape(-1)[at] = inv[dest[triple]]
     del trans, inv
     if S * n >= TRIM_MIN_CELLS:  # a trim walks the heap: worth it after large temporaries
         _release_freed_memory()
