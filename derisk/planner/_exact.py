@@ -10,6 +10,7 @@ import numpy as np
 from derisk.planner._backup import action_value, continuation
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, outcome_free, small_pages
+from derisk.planner._table import Table, reachable_top
 
 # Rows per block: each (rows x levels) temporary is ~4 MB and stays in cache; measured
 # 2.8x faster than 32k-row blocks on a 1M-state roadmap (BENCHMARKS.md).
@@ -28,7 +29,10 @@ FUSED_MIN_WORK = 1 << 27  # pairs x levels past which the compiled solver pays (
 def solve_exact(
     problem: PlanningProblem, space: StateSpace, progress=None, *, threads=None, engine="auto"
 ):
-    """Optimal values (S, L) and policy (S, L) int8 (-1 = stop) for every budget level.
+    """Optimal values and policy (int8, -1 = stop) as (S, L) `Table`s.
+
+    Row s is stored for the budget levels it can be entered with from the start
+    (`_table.reachable_top`); every question asked from the start reads only those.
 
     engine: "numpy" (this function's own loop, the reference), "xla" (`_fused`: the same
     induction compiled into fused loops, 2-2.5x faster past a second of compilation), or
@@ -49,6 +53,7 @@ def solve_exact(
         from derisk.planner._fused import solve_fused
 
         return solve_fused(problem, space, progress)
+    top = reachable_top(problem, space)
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit
@@ -129,7 +134,7 @@ def solve_exact(
     finally:
         if pool is not None:
             pool.shutdown()
-    return V, policy
+    return Table.pack(V, top, np.nan), Table.pack(policy, top, -1)
 
 
 def _cpus() -> int:

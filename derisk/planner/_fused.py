@@ -11,13 +11,15 @@ after a compilation of about a second, so `solve_exact` uses it only past
 `_exact.FUSED_MIN_WORK` pair-levels.
 
 Chunks hold whole states and never cross a layer, so a chunk reads only values that are
-final (earlier layers) and writes only its own states' rows: a state's value is the max
-over its pairs (scatter-max onto 0, the value of stopping), then its action is the
+final (earlier layers). Its states are solved in a small block: a state's value is the
+max over its pairs (scatter-max onto 0, the value of stopping), then its action is the
 lowest-indexed experiment within `TIE` of that value (stop when the value is within
 `TIE` of 0). That is the JAX sweep solver's rule; the numpy solver's sequential rule
 (a later experiment replaces an earlier one only if better by `TIE`) can differ from it
 only among actions within a few `TIE` of each other, and the values agree to rounding.
-`tests/test_exact_speed.py` checks values and policies against the numpy solver.
+The block's rows are then copied into the tables, which hold each state's reachable
+levels only (`_table`). `tests/test_exact_speed.py` checks values and policies against
+the numpy solver.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from derisk.planner._exact import TIE
 from derisk.planner._jax import _x64
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, _release_freed_memory
+from derisk.planner._table import SolvePairs, Table, reachable_top
 
 CHUNK = 1024  # (state, experiment) pairs per step: (CHUNK, levels) temporaries, ~1.6 MB
 STEPS_PER_CALL = 512  # chunks per compiled call: the progress bar moves between calls
@@ -75,44 +78,63 @@ def chunk_layout(layer: np.ndarray, pairs: np.ndarray, chunk: int, n: int):
     return slot, n_chunks, np.where(has, cid, -1)
 
 
-def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, chunk=CHUNK):
-    """Optimal values (S, L) float64 and policy (S, L) int8 (-1 = stop)."""
+def solve_fused(
+    problem: PlanningProblem, space: StateSpace, progress=None, *, chunk=CHUNK, top=None
+):
+    """Optimal values (float64) and policy (int8, -1 = stop) as `Table`s.
+
+    top: (S,) each state's highest reachable budget level (`reachable_top`, computed
+    when not given); only those cells are stored.
+    """
     S, L, n = space.size, problem.levels + 1, problem.n
-    # States in solve order (layer by layer; a radix sort of the small counts), and
-    # their pairs in that order straight from the availability table.
-    by_layer = np.argsort(space.untried.astype(np.int8), kind="stable")
-    rows, node = np.nonzero(space.avail[by_layer])
-    st = by_layer[rows]
-    del rows
-    counts = space.avail.sum(axis=1)[by_layer]
-    slot, n_chunks, cid = chunk_layout(space.untried[by_layer], counts, chunk, n)
+    sp = SolvePairs.of(space)  # states in solve order, and their pairs in that order
+    if top is None:
+        top = reachable_top(problem, space, sp)
+    order, rows = sp.order, sp.rows
+    counts = np.bincount(rows, minlength=len(order))
+    idle = np.flatnonzero(~space.avail.any(axis=1))  # nothing to run: worth 0, stop
+    # Flat layout of the tables: L cells of padding, the idle states' rows, then every
+    # other state's row in solve order, then L cells of padding. A state's row is
+    # written as L cells at once and spills past its top only into rows solved later
+    # (overwritten then), never into a row already final; a successor's row read from
+    # c cells before its start never leaves the array.
+    width = top.astype(np.int64) + 1
+    start = np.empty(S, dtype=np.int64)
+    for group, base in ((idle, L), (order, L + int(width[idle].sum()))):
+        start[group] = base + np.cumsum(width[group]) - width[group]
+    size = L + int(width.sum()) + L
+    index = np.int32 if size < 2**31 else np.int64
+    del width
+    slot, n_chunks, cid = chunk_layout(space.untried[order], counts, chunk, n)
     tot = n_chunks * chunk
-    states_per_chunk = np.bincount(cid[cid >= 0], minlength=n_chunks)
-    del by_layer, counts, cid
+    per_chunk = np.bincount(cid, minlength=n_chunks)
+    chunk_first = np.cumsum(per_chunk) - per_chunk  # position in `order` of its first state
+    M = int(per_chunk.max()) if n_chunks else 1  # states in the fullest chunk
 
     def laid(values, fill, dtype):
         out = np.full(tot, fill, dtype=dtype)
         out[slot] = values
         return out
 
-    # State s lives in row s + 1 of the compiled solver's values: row 0 is padding, so a
-    # successor's row read `cost` columns early (`_steps`) never starts before the
-    # array; row S + 1 is a dummy state that the empty slots point at.
-    dummy = S + 1
-    stochastic = any(len(c) > 1 for c in problem.cost_units)
+    local = (np.arange(len(order)) - chunk_first[cid]).astype(np.int32)
     pairs = dict(
-        st=laid(st + 1, dummy, np.int32),
-        node=laid(node, 0, np.int32),
-        ss=laid(space.succ_s[st, node] + 1, dummy, np.int32),
-        sf=laid(space.succ_f[st, node] + 1, dummy, np.int32),
+        loc=laid(local[rows], M, np.int32),  # the pair's state's row in the chunk's block
+        node=laid(sp.node, 0, np.int32),
+        ss=laid(start[sp.succ_s], L, index),
+        sf=laid(start[sp.succ_f], L, index),
     )
-    if stochastic:
-        d = space.succ_d[st, node]
-        pairs["sd"] = laid(np.where(d < 0, dummy, d + 1), dummy, np.int32)
+    del local
+    if any(len(c) > 1 for c in problem.cost_units):  # stochastic costs: cut-offs
+        st = order[rows]
+        d = space.succ_d[st, sp.node]
+        pairs["sd"] = laid(np.where(d < 0, 0, start[np.maximum(d, 0)]), 0, index)
     if problem.hypotheses:
-        pairs["p"] = laid(space.p[st, node], 0.0, np.float64)
-    del st, node
-    slot = None  # free the (pairs,) temporaries before the (S, L) arrays exist
+        pairs["p"] = laid(space.p[order[rows], sp.node], 0.0, np.float64)
+    pairs["row"] = start[order].astype(index)  # where each solved state's row goes
+    pairs["first"] = chunk_first.astype(np.int32)
+    pairs["count"] = per_chunk.astype(np.int32)
+    del sp, order, rows, cid
+    slot = None  # free the (pairs,) temporaries before the tables exist
     K = max(len(c) for c in problem.cost_units)
     cu = np.zeros((n, K), dtype=np.int32)
     cq = np.zeros((n, K))
@@ -130,23 +152,26 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
         dev = {k: jnp.asarray(v) for k, v in pairs.items()}
         cst = {k: jnp.asarray(v) for k, v in consts.items()}
         del pairs
-        _release_freed_memory()  # the host-side layout, before the (S, L) arrays exist
-        V = jnp.zeros((S + 2, L), dtype=jnp.float64)
-        pol = jnp.full((S + 2, L), NO_ACTION, dtype=jnp.int8)
+        _release_freed_memory()  # the host-side layout, before the tables exist
+        V = jnp.zeros(size, dtype=jnp.float64)
+        pol = jnp.full(size, NO_ACTION, dtype=jnp.int8)
+        block = (jnp.zeros((M + 1, L)), jnp.full((M + 1, L), NO_ACTION, dtype=jnp.int8))
         for a in range(0, n_chunks, STEPS_PER_CALL):
             b = min(a + STEPS_PER_CALL, n_chunks)
-            V, pol = _steps(V, pol, dev, cst, a, b, chunk=chunk, L=L, K=K, price=price)
+            V, pol, block = _steps(
+                V, pol, block, dev, cst, a, b, chunk=chunk, L=L, K=K, M=M, price=price
+            )
             if progress is not None:  # calls return at once (asynchronous dispatch):
                 V.block_until_ready()  # report what is done, not what is queued
-                progress(int(states_per_chunk[a:b].sum()))
+                progress(int(per_chunk[a:b].sum()))
         pol = jax.block_until_ready(_finish(pol))
         # Views of the XLA buffers on a CPU (no copy); read-only, like every solution.
-        values = np.asarray(V)[1 : S + 1]
-        policy = np.asarray(pol)[1 : S + 1]
-    del dev
+        values = Table(np.asarray(V), start, top, L, np.nan)
+        policy = Table(np.asarray(pol), start, top, L, -1)
+    del dev, block
     _release_freed_memory()
     if progress is not None:  # the states with nothing to run (no pairs)
-        progress(S - int(states_per_chunk.sum()))
+        progress(S - int(per_chunk.sum()))
     return values, policy
 
 
@@ -155,33 +180,28 @@ def _finish(pol):
     return jnp.where(pol == NO_ACTION, jnp.int8(-1), pol)  # in place (donated)
 
 
-@partial(jax.jit, static_argnames=("chunk", "L", "K", "price"), donate_argnums=(0, 1))
-def _steps(V, pol, dev, cst, start, stop, *, chunk, L, K, price):
+@partial(jax.jit, static_argnames=("chunk", "L", "K", "M", "price"), donate_argnums=(0, 1, 2))
+def _steps(V, pol, block, dev, cst, start, stop, *, chunk, L, K, M, price):
     lv = jnp.arange(L)
-    dummy = V.shape[0] - 1
-    index = jnp.int32 if V.size < 2**31 else jnp.int64  # flat positions in the values
 
     def body(k, carry):
-        V, pol = carry
+        V, pol, (best, act) = carry
         sl = lambda a: lax.dynamic_slice_in_dim(a, k * chunk, chunk)  # noqa: E731
-        st, nd, ss, sf = sl(dev["st"]), sl(dev["node"]), sl(dev["ss"]), sl(dev["sf"])
+        loc, nd, ss, sf = sl(dev["loc"]), sl(dev["node"]), sl(dev["ss"]), sl(dev["sf"])
         p = sl(dev["p"]) if "p" in dev else cst["p_node"][nd]
         R = cst["reward"][nd]
-        if K == 1:
-            # Deterministic cost c: q[b] reads the successors at b - c. The values as
-            # one flat array, a successor's row read from c places before its start is
-            # that row shifted right (the first c entries, from the row before, are
-            # masked below): a contiguous window per pair, no shift of its own.
-            c = jnp.minimum(cst["cu"][nd, 0], L)
-            flat = V.reshape(-1)
-            window = jax.vmap(lambda start: lax.dynamic_slice(flat, (start,), (L,)))
-            base = (ss.astype(index) * L - c, sf.astype(index) * L - c)
-            q = (R[:, None] + window(base[0])) * p[:, None] + window(base[1]) * (1.0 - p)[:, None]
+        # A row of the flat values read as one window: a successor's row read from c
+        # cells before its start is that row shifted right by c (the first c entries,
+        # from the row before, are masked below), with no shift of its own.
+        read = jax.vmap(lambda at: lax.dynamic_slice(V, (at,), (L,)))
+        if K == 1:  # deterministic cost c: q[b] reads the successors at b - c
+            c = jnp.minimum(cst["cu"][nd, 0], L).astype(ss.dtype)
+            q = (R[:, None] + read(ss - c)) * p[:, None] + read(sf - c) * (1.0 - p)[:, None]
             if price:
                 q = q + price * c[:, None]
         else:
-            cont = (R[:, None] + V[ss]) * p[:, None] + V[sf] * (1.0 - p)[:, None]  # (C, L)
-            vd0 = V[sl(dev["sd"]), 0] if "sd" in dev else jnp.zeros(chunk)
+            cont = (R[:, None] + read(ss)) * p[:, None] + read(sf) * (1.0 - p)[:, None]
+            vd0 = V[sl(dev["sd"])] if "sd" in dev else jnp.zeros(chunk)
             q = jnp.zeros((chunk, L))
             for j in range(K):
                 c = cst["cu"][nd, j]
@@ -189,12 +209,27 @@ def _steps(V, pol, dev, cst, start, stop, *, chunk, L, K, price):
                 val = jnp.take_along_axis(cont, jnp.maximum(idx, 0), axis=1) + price * c[:, None]
                 cut = vd0[:, None] + price * lv[None, :]
                 q = q + cst["cq"][nd, j][:, None] * jnp.where(idx >= 0, val, cut)
-        ok = (lv[None, :] >= cst["lo"][nd][:, None]) & (st != dummy)[:, None]
+        ok = (lv[None, :] >= cst["lo"][nd][:, None]) & (loc != M)[:, None]
         q = jnp.where(ok, q, -jnp.inf)
-        V = V.at[st].max(q)
-        v = V[st]
+        # The chunk's states in a small block (row M: the empty slots): each state's
+        # value is the max over its pairs onto 0 (stop), then its action the lowest
+        # experiment within TIE of it.
+        best = best.at[loc].set(0.0).at[loc].max(q)
+        v = best[loc]
         pick = (q >= v - TIE) & (v > TIE)
-        pol = pol.at[st].min(jnp.where(pick, nd[:, None], NO_ACTION).astype(jnp.int8))
-        return V, pol
+        act = act.at[loc].set(NO_ACTION)
+        act = act.at[loc].min(jnp.where(pick, nd[:, None], NO_ACTION).astype(jnp.int8))
+        first = dev["first"][k]
 
-    return lax.fori_loop(start, stop, body, (V, pol))
+        def put(r, tables):  # rows in solve order: a row's spill is overwritten later
+            V, pol = tables
+            at = dev["row"][first + r]
+            return (
+                lax.dynamic_update_slice(V, best[r], (at,)),
+                lax.dynamic_update_slice(pol, act[r], (at,)),
+            )
+
+        V, pol = lax.fori_loop(0, dev["count"][k], put, (V, pol))
+        return V, pol, (best, act)
+
+    return lax.fori_loop(start, stop, body, (V, pol, block))

@@ -19,6 +19,7 @@ from derisk.planner._states import (
     enumerate_states,
     resident_bytes,
 )
+from derisk.planner._table import Table
 
 SOLVERS = ("exact", "jax", "mdptoolbox")
 
@@ -37,14 +38,15 @@ class Solution:
     """The solved MDP: optimal values and policy at every state and budget level.
 
     values: (S, L) optimal expected reward minus price x compute; policy: (S, L) int8,
-    the node to run (-1 = stop). Index [space.root, b] is the start state with b budget
-    units left.
+    the node to run (-1 = stop); both `Table`s, which the exact solver stores only at
+    the budget levels each state can be entered with from the start. Index
+    [space.root, b] is the start state with b budget units left.
     """
 
     problem: PlanningProblem
     space: StateSpace
-    values: np.ndarray
-    policy: np.ndarray
+    values: Table
+    policy: Table
     solver: str
     seconds: float
     iterations: int = 0
@@ -112,7 +114,7 @@ class Solution:
             self._eval_cache[key] = ev
         return self._eval_cache[key]
 
-    def policy_table(self, policy: str = "optimal") -> np.ndarray | None:
+    def policy_table(self, policy: str = "optimal") -> Table | np.ndarray | None:
         """(S, L) int8 table of a policy (None for "random"), built once per solution."""
         if policy == "optimal":
             return self.policy
@@ -145,7 +147,21 @@ class Policy:
                 "this history cannot happen from the planning start state "
                 "(a prerequisite was skipped?)"
             ) from None
-        return s, min(pr.level_of(budget), pr.levels)
+        b = min(pr.level_of(budget), pr.levels)
+        top = int(self.solution.policy.top[s])
+        if b > top:
+            # Past every cost still possible from here the values stop changing, so a
+            # larger budget reads the top stored level; short of that, this much budget
+            # cannot be left after this history.
+            untried = np.flatnonzero(self.solution.space.status[s] == UNTRIED)
+            if top < sum(int(pr.cost_units[i][-1]) for i in untried):
+                raise ValueError(
+                    f"this history spends at least {(pr.levels - top) * pr.resolution:g} "
+                    f"of the planned {pr.levels * pr.resolution + pr.surplus:g}, so at "
+                    f"most {top * pr.resolution + pr.surplus:g} can be left, not {budget:g}"
+                )
+            b = top
+        return s, b
 
     def action(self, outcomes: dict[str, str], budget: float) -> str | None:
         """Id of the experiment to run next, or None to stop."""
@@ -208,10 +224,12 @@ def solve(
         from derisk.planner._jax import solve_jax
 
         V, pol, iterations = solve_jax(problem, space, progress)
+        V, pol = Table.full(V, np.nan), Table.full(pol, -1)
     else:
         from derisk.planner._toolbox import solve_toolbox
 
         V, pol, iterations = solve_toolbox(problem, space, progress)
+        V, pol = Table.full(V, np.nan), Table.full(pol, -1)
     return Solution(
         problem=problem,
         space=space,

@@ -1,0 +1,163 @@
+"""(state, budget level) tables stored only where the planning start can reach them.
+
+From the start state with at most `levels` budget units, a state s can be entered with
+at most `levels - m(s)` units left, where m(s) is the cheapest total minimum cost of a
+path to it. Cells past that budget are never read by any question asked from the start
+(a backup at (s, b) reads its successors at b - cost, which stay inside their own
+reachable range), so the solvers store row s for levels 0..top(s) only. On the
+benchmark's largest roadmap that keeps 29% of the cells (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from derisk.planner._problem import PlanningProblem
+from derisk.planner._states import StateSpace
+
+
+@dataclass(frozen=True, eq=False)
+class SolvePairs:
+    """The (state, experiment) pairs in solve order (fewest untried experiments first).
+
+    order: (P,) the states with something to run, in solve order; pair k is state
+    order[rows[k]] running experiment node[k], which leads to state succ_s[k] on a
+    success and succ_f[k] on a failure. A state's pairs are consecutive.
+    """
+
+    order: np.ndarray
+    rows: np.ndarray
+    node: np.ndarray
+    succ_s: np.ndarray
+    succ_f: np.ndarray
+
+    @classmethod
+    def of(cls, space: StateSpace) -> SolvePairs:
+        counts = space.avail.sum(axis=1)
+        by_layer = np.argsort(space.untried.astype(np.int8), kind="stable")  # a radix sort
+        order = by_layer[counts[by_layer] > 0]
+        rows, node = np.nonzero(space.avail[order])
+        st = order[rows]
+        return cls(order, rows, node, space.succ_s[st, node], space.succ_f[st, node])
+
+
+def reachable_top(
+    problem: PlanningProblem, space: StateSpace, pairs: SolvePairs | None = None
+) -> np.ndarray:
+    """(S,) the highest budget level each state can be entered with from the start.
+
+    levels - (cheapest path's total minimum cost), and at least 0: every state keeps
+    level 0 (a budget cut-off enters its state with nothing left). One forward pass over
+    the pairs, layer by layer from the most untried experiments (the order transitions
+    go); a cut-off's state is entered at level 0, which every state keeps.
+    """
+    if pairs is None:
+        pairs = SolvePairs.of(space)
+    big = np.iinfo(np.int32).max // 2
+    spent = np.full(space.size, big, dtype=np.int32)
+    spent[space.root] = 0
+    cheapest = problem.min_cost.astype(np.int32)
+    layer = space.untried[pairs.order]
+    per_state = np.bincount(pairs.rows, minlength=len(pairs.order))
+    first = np.r_[0, np.cumsum(per_state)]  # each state's first pair, and the end
+    cut = first[np.r_[np.flatnonzero(np.diff(layer)) + 1, len(layer)]]  # layer ends
+    for hi, lo in zip(cut[::-1], np.r_[cut[-2::-1], 0], strict=True):
+        via = spent[pairs.order[pairs.rows[lo:hi]]] + cheapest[pairs.node[lo:hi]]
+        np.minimum.at(spent, pairs.succ_s[lo:hi], via)
+        np.minimum.at(spent, pairs.succ_f[lo:hi], via)
+    return np.maximum(problem.levels - spent, 0).astype(np.int32)
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """An (S, L) table of which row s is stored for levels 0..top[s] only.
+
+    data: flat storage, row s at data[start[s] : start[s] + top[s] + 1] (the layout may
+    hold padding between and around rows); start: (S,) int64; top: (S,) int32.
+    `table[s, b]` (ints or arrays) reads stored cells and raises IndexError past a
+    row's top; `table[rows]` returns dense rows with `fill` past each top (nan for
+    values, -1, stop, for policies).
+    """
+
+    data: np.ndarray
+    start: np.ndarray
+    top: np.ndarray
+    levels: int
+    fill: float | int
+
+    @classmethod
+    def full(cls, dense: np.ndarray, fill) -> Table:
+        """Every cell of a dense (S, L) array (no copy)."""
+        S, L = dense.shape
+        return cls(
+            data=np.ascontiguousarray(dense).reshape(-1),
+            start=np.arange(S, dtype=np.int64) * L,
+            top=np.full(S, L - 1, dtype=np.int32),
+            levels=L,
+            fill=fill,
+        )
+
+    @classmethod
+    def pack(cls, dense: np.ndarray, top: np.ndarray, fill) -> Table:
+        """The cells of a dense (S, L) array up to each row's top (a copy)."""
+        S, L = dense.shape
+        top = np.minimum(np.asarray(top, dtype=np.int32), L - 1)
+        start = np.r_[0, np.cumsum(top.astype(np.int64) + 1)[:-1]]
+        data = dense[np.arange(L)[None, :] <= top[:, None]]  # row-major: rows in order
+        data.setflags(write=False)
+        return cls(data=data, start=start, top=top, levels=L, fill=fill)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.top), self.levels)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def cells(self) -> int:
+        """Stored cells."""
+        return int(self.top.astype(np.int64).sum() + len(self.top))
+
+    def __len__(self) -> int:
+        return len(self.top)
+
+    def stored(self) -> np.ndarray:
+        """(S, L) bool: which cells are stored."""
+        return np.arange(self.levels)[None, :] <= self.top[:, None]
+
+    def rows(self, idx) -> np.ndarray:
+        """Dense rows (one row for an int index), `fill` past each row's top."""
+        idx = np.asarray(idx)
+        L = self.levels
+        lv = np.arange(L)
+        keep = lv <= self.top[idx][..., None]
+        pos = self.start[idx][..., None] + lv
+        out = np.where(keep, self.data[np.where(keep, pos, 0)], self.fill)
+        return out.astype(self.data.dtype, copy=False)
+
+    def dense(self) -> np.ndarray:
+        """(S, L) with `fill` past each row's top (small tables, tests)."""
+        return self.rows(np.arange(len(self.top)))
+
+    def __getitem__(self, key):
+        if not isinstance(key, tuple):
+            return self.rows(key)
+        s, b = key
+        if isinstance(s, slice):
+            s = np.arange(len(self.top))[s]
+        if isinstance(b, slice):
+            return self.rows(s)[..., b]
+        s, b = np.broadcast_arrays(np.asarray(s), np.asarray(b))
+        bad = (b < 0) | (b > self.top[s])
+        if bad.any():
+            k = np.flatnonzero(bad.ravel())[0]
+            ss, bb = int(s.ravel()[k]), int(b.ravel()[k])
+            raise IndexError(
+                f"level {bb} of state {ss} is not stored: from the planning start that "
+                f"state is entered with at most {int(self.top[ss])} budget units left"
+            )
+        return self.data[self.start[s] + b]

@@ -1,0 +1,115 @@
+"""Tables stored only where the planning start can reach: the reachable top of every state
+against a search of the explicit (state, budget left) graph, and the table's reads."""
+
+import numpy as np
+import pytest
+from conftest import generated_roadmaps
+
+from derisk.graphs import random_roadmap
+from derisk.planner import compile_roadmap, enumerate_states, solve
+from derisk.planner._table import Table, reachable_top
+
+
+def _explicit_reach(pr, space):
+    """Most budget each state is ever entered with, by a search of (state, level) pairs
+    from (start, top level): every experiment runnable there, every cost outcome (a cost
+    past the budget left is a cut-off, which spends it all). -1: never entered."""
+    L = pr.levels + 1
+    most = np.full(space.size, -1)
+    seen = np.zeros((space.size, L), dtype=bool)
+    todo = [(space.root, pr.levels)]
+    seen[space.root, pr.levels] = True
+    while todo:
+        s, b = todo.pop()
+        most[s] = max(most[s], b)
+        for i in np.flatnonzero(space.avail[s]):
+            if b < pr.cost_units[i][0]:
+                continue
+            for c in pr.cost_units[i]:
+                nxt = (
+                    [(space.succ_s[s, i], b - c), (space.succ_f[s, i], b - c)]
+                    if c <= b
+                    else [(space.succ_d[s, i], 0)]
+                )
+                for t, left in nxt:
+                    if not seen[t, left]:
+                        seen[t, left] = True
+                        todo.append((int(t), int(left)))
+    return most
+
+
+def test_reachable_top_is_the_most_budget_any_history_leaves():
+    """Never below what a history can leave (the solver would miss a cell it needs),
+    and equal to it wherever every cost is fixed and no state is entered by a cut-off."""
+    rs = generated_roadmaps(30, max_nodes=8, levels=20)
+    rs.append(random_roadmap(9, seed=3, hypotheses=1, stochastic_costs=0.5, budget_levels=30))
+    exact_cases = 0
+    for r in rs:
+        pr = compile_roadmap(r)
+        space = enumerate_states(pr)
+        top = reachable_top(pr, space)
+        most = _explicit_reach(pr, space)
+        entered = most >= 0
+        assert np.all(top[entered] >= most[entered]), r.source
+        assert top[space.root] == pr.levels
+        if all(len(c) == 1 for c in pr.cost_units):
+            exact_cases += 1
+            np.testing.assert_array_equal(top[entered], most[entered], err_msg=r.source)
+    assert exact_cases >= 5
+
+
+def test_the_stored_cells_are_fewer_and_hold_the_full_solution_there():
+    """On a roadmap whose budget cannot run everything, the exact solver keeps well under
+    all cells, and each kept cell equals the value of a solver that keeps every cell."""
+    from derisk.planner import SolveConfig, build_space
+
+    pr = compile_roadmap(random_roadmap(10, seed=2, budget_levels=60, budget_fraction=0.5))
+    space = build_space(pr)
+    exact = solve(pr, space=space)
+    full = solve(pr, space=space, config=SolveConfig(solver="jax"))
+    assert full.values.cells == space.size * (pr.levels + 1)
+    assert exact.values.cells < 0.8 * full.values.cells
+    kept = exact.values.stored()
+    np.testing.assert_allclose(exact.values.dense()[kept], full.values.dense()[kept], atol=1e-9)
+    np.testing.assert_array_equal(exact.values.top, reachable_top(pr, space))
+
+
+def test_table_reads():
+    dense = np.arange(12.0).reshape(3, 4)
+    t = Table.pack(dense, np.array([3, 1, 0]), np.nan)
+    assert t.shape == (3, 4) and t.cells == 4 + 2 + 1 and len(t) == 3
+    assert t[0, 3] == 3.0 and t[1, 1] == 5.0 and t[2, 0] == 8.0
+    np.testing.assert_array_equal(t[np.array([1, 0]), np.array([0, 2])], [4.0, 2.0])
+    np.testing.assert_array_equal(t[1], [4.0, 5.0, np.nan, np.nan])
+    np.testing.assert_array_equal(t[[2, 0]], [[8.0, np.nan, np.nan, np.nan], [0, 1, 2, 3]])
+    np.testing.assert_array_equal(t[0, 1:3], [1.0, 2.0])
+    np.testing.assert_array_equal(t.stored().sum(axis=1), [4, 2, 1])
+    with pytest.raises(IndexError, match="level 2 of state 1 is not stored"):
+        t[1, 2]
+    with pytest.raises(IndexError, match="state 2"):
+        t[np.array([0, 2]), np.array([0, 1])]
+    full = Table.full(dense, -1)
+    np.testing.assert_array_equal(full.dense(), dense)
+    assert full[2, 3] == 11.0
+
+
+def test_a_history_that_cannot_leave_that_much_budget_is_refused():
+    """A solution queried where no history from the start can stand: a clear error,
+    not a value read from another state's row; past every cost still possible the
+    value is the top stored level's (the budget no longer matters)."""
+    from derisk.graphs import roadmap_from_dict
+
+    r = roadmap_from_dict(
+        {
+            "budget": 10,
+            "experiments": [
+                {"id": "a", "p": 0.5, "cost": 6, "reward": 1},
+                {"id": "b", "p": 0.5, "cost": 6, "reward": 1},
+            ],
+        }
+    )
+    pol = solve(compile_roadmap(r)).as_policy()
+    assert pol.action({}, 10) in ("a", "b")
+    with pytest.raises(ValueError, match="at most 4 can be left, not 9"):
+        pol.value({"a": "success"}, 9)
+    assert pol.value({"a": "success"}, 4) == pytest.approx(0.0)  # b no longer fits
