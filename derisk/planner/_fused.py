@@ -24,6 +24,7 @@ the numpy solver.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -40,6 +41,7 @@ from derisk.planner._table import SolvePairs, Table, reachable_top
 CHUNK = 1024  # (state, experiment) pairs per step: (CHUNK, levels) temporaries, ~1.6 MB
 STEPS_PER_CALL = 512  # chunks per compiled call: the progress bar moves between calls
 NO_ACTION = 127
+WIDTH_CLASSES = 4  # chunk widths L/4, L/2, 3L/4, L: F computes 45% of its pair-levels
 
 
 def chunk_layout(layer: np.ndarray, pairs: np.ndarray, chunk: int, n: int):
@@ -90,7 +92,13 @@ def solve_fused(
     sp = SolvePairs.of(space)  # states in solve order, and their pairs in that order
     if top is None:
         top = reachable_top(problem, space, sp)
+    # Width classes: a chunk computes only the first `_width(class)` levels, enough for
+    # each of its states' reachable levels; within a layer states go by class, so a
+    # chunk's states share one.
+    cls = _width_class(top[sp.order], L)
+    sp = sp.regrouped(cls, space.untried[sp.order])
     order, rows = sp.order, sp.rows
+    cls = _width_class(top[order], L)
     counts = np.bincount(rows, minlength=len(order))
     idle = np.flatnonzero(~space.avail.any(axis=1))  # nothing to run: worth 0, stop
     # Flat layout of the tables: L cells of padding, the idle states' rows, then every
@@ -105,11 +113,67 @@ def solve_fused(
     size = L + int(width.sum()) + L
     index = np.int32 if size < 2**31 else np.int64
     del width
-    slot, n_chunks, cid = chunk_layout(space.untried[order], counts, chunk, n)
+    group = space.untried[order].astype(np.int64) * (WIDTH_CLASSES + 1) + cls
+    slot, n_chunks, cid = chunk_layout(group, counts, chunk, n)
+    del group
     tot = n_chunks * chunk
     per_chunk = np.bincount(cid, minlength=n_chunks)
     chunk_first = np.cumsum(per_chunk) - per_chunk  # position in `order` of its first state
     M = int(per_chunk.max()) if n_chunks else 1  # states in the fullest chunk
+    chunk_class = cls[chunk_first] if n_chunks else cls[:0]
+    # runs of chunks of one class, cut every STEPS_PER_CALL chunks: one call each
+    cuts = np.union1d(
+        np.flatnonzero(np.diff(chunk_class)) + 1, np.arange(0, n_chunks, STEPS_PER_CALL)
+    )
+    calls = [
+        (int(a), int(b), _width(int(chunk_class[a]), L))
+        for a, b in zip(cuts, np.r_[cuts[1:], n_chunks], strict=True)
+        if b > a
+    ]
+    K = max(len(c) for c in problem.cost_units)
+    cu = np.zeros((n, K), dtype=np.int32)
+    cq = np.zeros((n, K))
+    for i, (c, q) in enumerate(zip(problem.cost_units, problem.cost_probs, strict=True)):
+        cu[i, : len(c)], cq[i, : len(c)] = c, q
+    consts = dict(
+        cu=cu,
+        cq=cq,
+        lo=np.asarray(problem.min_cost, dtype=np.int32),
+        reward=np.asarray(problem.reward, dtype=np.float64),
+        p_node=np.asarray(problem.p_table[:, 0], dtype=np.float64),
+    )
+    price = -float(problem.price_per_unit)
+    # Compile each width's loop on a thread while the pairs are laid out below (the
+    # compiler releases the GIL; numpy's copies leave the second core to it).
+    spec = jax.ShapeDtypeStruct
+    specs = dict(loc=(tot, np.int32), node=(tot, np.int32), ss=(tot, index), sf=(tot, index))
+    if stochastic := any(len(c) > 1 for c in problem.cost_units):
+        specs["sd"] = (tot, index)
+    if problem.hypotheses:
+        specs["p"] = (tot, np.float64)
+    specs.update(row=(len(order), index), first=(n_chunks, np.int32), count=(n_chunks, np.int32))
+
+    def compile_width(W):
+        with _x64():
+            return _steps.lower(
+                spec((size,), np.float64),
+                spec((size,), np.int8),
+                (spec((M + 1, W), np.float64), spec((M + 1, W), np.int8)),
+                {k: spec((m,), t) for k, (m, t) in specs.items()},
+                {k: spec(v.shape, v.dtype) for k, v in consts.items()},
+                0,
+                0,
+                chunk=chunk,
+                L=L,
+                W=W,
+                K=K,
+                M=M,
+                price=price,
+            ).compile()
+
+    compiler = ThreadPoolExecutor(1)
+    compiled = {W: compiler.submit(compile_width, W) for W in dict.fromkeys(w for *_, w in calls)}
+    compiler.shutdown(wait=False)
 
     def laid(values, fill, dtype):
         out = np.full(tot, fill, dtype=dtype)
@@ -124,7 +188,7 @@ def solve_fused(
         sf=laid(start[sp.succ_f], L, index),
     )
     del local
-    if any(len(c) > 1 for c in problem.cost_units):  # stochastic costs: cut-offs
+    if stochastic:  # cut-offs
         st = order[rows]
         d = space.succ_d[st, sp.node]
         pairs["sd"] = laid(np.where(d < 0, 0, start[np.maximum(d, 0)]), 0, index)
@@ -133,21 +197,8 @@ def solve_fused(
     pairs["row"] = start[order].astype(index)  # where each solved state's row goes
     pairs["first"] = chunk_first.astype(np.int32)
     pairs["count"] = per_chunk.astype(np.int32)
-    del sp, order, rows, cid
+    del sp, order, rows, cid, cls, chunk_class
     slot = None  # free the (pairs,) temporaries before the tables exist
-    K = max(len(c) for c in problem.cost_units)
-    cu = np.zeros((n, K), dtype=np.int32)
-    cq = np.zeros((n, K))
-    for i, (c, q) in enumerate(zip(problem.cost_units, problem.cost_probs, strict=True)):
-        cu[i, : len(c)], cq[i, : len(c)] = c, q
-    consts = dict(
-        cu=cu,
-        cq=cq,
-        lo=np.asarray(problem.min_cost, dtype=np.int32),
-        reward=np.asarray(problem.reward, dtype=np.float64),
-        p_node=np.asarray(problem.p_table[:, 0], dtype=np.float64),
-    )
-    price = -float(problem.price_per_unit)
     with _x64():
         dev = {k: jnp.asarray(v) for k, v in pairs.items()}
         cst = {k: jnp.asarray(v) for k, v in consts.items()}
@@ -155,12 +206,11 @@ def solve_fused(
         _release_freed_memory()  # the host-side layout, before the tables exist
         V = jnp.zeros(size, dtype=jnp.float64)
         pol = jnp.full(size, NO_ACTION, dtype=jnp.int8)
-        block = (jnp.zeros((M + 1, L)), jnp.full((M + 1, L), NO_ACTION, dtype=jnp.int8))
-        for a in range(0, n_chunks, STEPS_PER_CALL):
-            b = min(a + STEPS_PER_CALL, n_chunks)
-            V, pol, block = _steps(
-                V, pol, block, dev, cst, a, b, chunk=chunk, L=L, K=K, M=M, price=price
-            )
+        blocks = {}  # each width's block of rows, reused from call to call
+        for a, b, W in calls:
+            if W not in blocks:
+                blocks[W] = (jnp.zeros((M + 1, W)), jnp.full((M + 1, W), NO_ACTION, jnp.int8))
+            V, pol, blocks[W] = compiled[W].result()(V, pol, blocks[W], dev, cst, a, b)
             if progress is not None:  # calls return at once (asynchronous dispatch):
                 V.block_until_ready()  # report what is done, not what is queued
                 progress(int(per_chunk[a:b].sum()))
@@ -168,7 +218,7 @@ def solve_fused(
         # Views of the XLA buffers on a CPU (no copy); read-only, like every solution.
         values = Table(np.asarray(V), start, top, L, np.nan)
         policy = Table(np.asarray(pol), start, top, L, -1)
-    del dev, block
+    del dev, blocks
     _release_freed_memory()
     if progress is not None:  # the states with nothing to run (no pairs)
         progress(S - int(per_chunk.sum()))
@@ -180,9 +230,19 @@ def _finish(pol):
     return jnp.where(pol == NO_ACTION, jnp.int8(-1), pol)  # in place (donated)
 
 
-@partial(jax.jit, static_argnames=("chunk", "L", "K", "M", "price"), donate_argnums=(0, 1, 2))
-def _steps(V, pol, block, dev, cst, start, stop, *, chunk, L, K, M, price):
-    lv = jnp.arange(L)
+def _width_class(top: np.ndarray, L: int) -> np.ndarray:
+    """1..WIDTH_CLASSES: the class whose width holds levels 0..top."""
+    return -(-(top.astype(np.int64) + 1) * WIDTH_CLASSES // L)
+
+
+def _width(cls: int, L: int) -> int:
+    return -(-cls * L // WIDTH_CLASSES)
+
+
+@partial(jax.jit, static_argnames=("chunk", "L", "W", "K", "M", "price"), donate_argnums=(0, 1, 2))
+def _steps(V, pol, block, dev, cst, start, stop, *, chunk, L, W, K, M, price):
+    """Chunks start..stop, each computing levels 0..W-1 of its states (W <= L)."""
+    lv = jnp.arange(W)
 
     def body(k, carry):
         V, pol, (best, act) = carry
@@ -193,7 +253,7 @@ def _steps(V, pol, block, dev, cst, start, stop, *, chunk, L, K, M, price):
         # A row of the flat values read as one window: a successor's row read from c
         # cells before its start is that row shifted right by c (the first c entries,
         # from the row before, are masked below), with no shift of its own.
-        read = jax.vmap(lambda at: lax.dynamic_slice(V, (at,), (L,)))
+        read = jax.vmap(lambda at: lax.dynamic_slice(V, (at,), (W,)))
         if K == 1:  # deterministic cost c: q[b] reads the successors at b - c
             c = jnp.minimum(cst["cu"][nd, 0], L).astype(ss.dtype)
             q = (R[:, None] + read(ss - c)) * p[:, None] + read(sf - c) * (1.0 - p)[:, None]
@@ -202,7 +262,7 @@ def _steps(V, pol, block, dev, cst, start, stop, *, chunk, L, K, M, price):
         else:
             cont = (R[:, None] + read(ss)) * p[:, None] + read(sf) * (1.0 - p)[:, None]
             vd0 = V[sl(dev["sd"])] if "sd" in dev else jnp.zeros(chunk)
-            q = jnp.zeros((chunk, L))
+            q = jnp.zeros((chunk, W))
             for j in range(K):
                 c = cst["cu"][nd, j]
                 idx = lv[None, :] - c[:, None]
