@@ -60,9 +60,10 @@ def solve_exact(
     block = _block_rows(L)
     same = outcome_free(problem)  # success and failure lead to one state: one gather
 
-    def backup(rows):  # one block of rows of a layer
-        best = np.zeros((len(rows), L))  # stopping is worth 0
-        act = np.full((len(rows), L), -1, dtype=np.int8)
+    def backup(rows):  # one block of rows of a layer, levels 0..W-1 (its widest top)
+        W = int(top[rows].max()) + 1
+        best = np.zeros((len(rows), W))  # stopping is worth 0
+        act = np.full((len(rows), W), -1, dtype=np.int8)
         for i in range(problem.n):
             avail = space.avail[rows, i]
             sel = np.flatnonzero(avail)
@@ -80,16 +81,16 @@ def solve_exact(
                 # best's shifted columns as views (no shifted copy); below the cost
                 # the run cannot start and nothing changes.
                 c = int(units[0])
-                if c < L:
+                if c < W:
                     if same[i]:  # p (gain + x) + (1 - p) x = x + p gain
-                        q = V[space.succ_s[st, i].astype(np.intp), : L - c]
+                        q = V[space.succ_s[st, i].astype(np.intp), : W - c]
                         if problem.reward[i]:
                             q += (problem.reward[i] * space.p[st, i])[:, None]
                     else:
                         q = continuation(
                             space.p[st, i],
-                            V[space.succ_s[st, i].astype(np.intp), : L - c],
-                            V[space.succ_f[st, i].astype(np.intp), : L - c],
+                            V[space.succ_s[st, i].astype(np.intp), : W - c],
+                            V[space.succ_f[st, i].astype(np.intp), : W - c],
                             gain=problem.reward[i],
                         )
                     if price and c:
@@ -104,8 +105,8 @@ def solve_exact(
                     problem,
                     i,
                     space.p[st, i],
-                    V[space.succ_s[st, i].astype(np.intp)],
-                    V[space.succ_f[st, i].astype(np.intp)],
+                    V[space.succ_s[st, i].astype(np.intp), :W],
+                    V[space.succ_f[st, i].astype(np.intp), :W],
                     V[d, 0] if d[0] >= 0 else None,
                     gain=problem.reward[i],
                     spend_weight=price,
@@ -116,13 +117,14 @@ def solve_exact(
             if not every:
                 best[sel] = cur
                 act[sel] = a
-        V[rows] = best
-        policy[rows] = act
+        V[rows, :W] = best
+        policy[rows, :W] = act
 
     workers = threads or _cpus()
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         for layer in space.layers():
+            layer = layer[np.argsort(-top[layer], kind="stable")]  # blocks of like widths
             blocks = [layer[k : k + block] for k in range(0, len(layer), block)]
             if pool is not None and len(blocks) > 1:
                 list(pool.map(backup, blocks))  # list(): re-raise any worker's error
