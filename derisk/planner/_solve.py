@@ -107,7 +107,12 @@ class Solution:
             if policy != "optimal":  # the optimal policy's value is the solution itself
                 channels = ("value", *channels)
             ev = evaluate_policy(
-                self.problem, self.space, table, state=self.space.root, channels=channels
+                self.problem,
+                self.space,
+                table,
+                state=self.space.root,
+                channels=channels,
+                top=self.values.top,  # the start's row reads no cell past them
             )
             if policy == "optimal":
                 ev["value"] = self.values[self.space.root].copy()

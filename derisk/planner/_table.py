@@ -157,8 +157,13 @@ class Table:
         return out.astype(self.data.dtype, copy=False)
 
     def dense(self) -> np.ndarray:
-        """(S, L) with `fill` past each row's top (small tables, tests)."""
-        return self.rows(np.arange(len(self.top)))
+        """(S, L) with `fill` past each row's top, built a few thousand rows at a time."""
+        S = len(self.top)
+        out = np.empty((S, self.levels), dtype=self.data.dtype)
+        step = max(1, (1 << 22) // self.levels)  # (rows, L) int64 positions: 32 MB
+        for k in range(0, S, step):
+            out[k : k + step] = self.rows(np.arange(k, min(k + step, S)))
+        return out
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
