@@ -113,3 +113,23 @@ def test_a_history_that_cannot_leave_that_much_budget_is_refused():
     with pytest.raises(ValueError, match="at most 4 can be left, not 9"):
         pol.value({"a": "success"}, 9)
     assert pol.value({"a": "success"}, 4) == pytest.approx(0.0)  # b no longer fits
+
+
+def test_the_memory_guard_counts_the_stored_cells_once_they_are_known():
+    """Past the every-cell upper bound the guard counts the cells the tables will keep:
+    a limit between the two admits the roadmap (and leaves its tops for the solver); a
+    limit under the stored count refuses, naming what it needs."""
+    from derisk.errors import ProblemTooLarge
+    from derisk.planner import estimate_bytes
+
+    pr = compile_roadmap(random_roadmap(12, seed=2, budget_levels=150, budget_fraction=0.4))
+    space = enumerate_states(pr)
+    stored = int(reachable_top(pr, space).sum()) + space.size
+    full = estimate_bytes(space.size, pr.levels, pr.n)
+    kept = estimate_bytes(space.size, pr.levels, pr.n, stored=stored)
+    assert stored < 0.5 * space.size * (pr.levels + 1) and kept < full
+    admitted = enumerate_states(pr, max_bytes=(kept + full) // 2)
+    assert admitted.size == space.size and len(admitted.tops) == 1
+    with pytest.raises(ProblemTooLarge, match="reachable states") as exc:
+        enumerate_states(pr, max_bytes=kept - 1)
+    assert exc.value.bytes_needed == kept

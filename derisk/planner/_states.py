@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -209,6 +209,8 @@ class StateSpace:
     succ_f: np.ndarray
     succ_d: np.ndarray
     root: int
+    # reachable tops by (levels, minimum costs): `_table.reachable_top`'s cache
+    tops: dict = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -232,10 +234,13 @@ class StateSpace:
         return [g for g in np.split(order, np.cumsum(counts)[:-1]) if len(g)]
 
 
-# Bytes per (state, budget level) at the peak of any command: the optimal values (8) and
-# policy (1); one evaluation or occupancy array (8); the four heuristic policy tables
-# (4); a second solve's values and policy while sensitivity or EVPI re-solves (9).
-BYTES_PER_STATE_LEVEL = 30
+# Bytes per (state, budget level) at the peak of any command, in two parts. Every cell:
+# one evaluation or occupancy array (8) with the evaluated policy read dense (1), and the
+# four heuristic policy tables (4). Per stored cell (the solvers keep each state's
+# reachable levels only, `_table`): the optimal values and policy (9), and a second
+# solve's while sensitivity or EVPI re-solves (9).
+BYTES_PER_STATE_LEVEL = 13
+BYTES_PER_STORED_CELL = 18
 # Bytes per (state, experiment): avail, status (1 each), posterior p (8), three
 # successor indices (24), and the heuristic scores built per table (8).
 BYTES_PER_STATE_NODE = 42
@@ -283,10 +288,20 @@ def outcome_free(problem: PlanningProblem) -> np.ndarray:
     return (problem.hyp_of < 0) & ~in_clause
 
 
-def estimate_bytes(states: int, levels: int, n: int) -> int:
-    """Peak memory of the arrays any planning command holds, for `levels` + 1 levels."""
-    per_state = (levels + 1) * BYTES_PER_STATE_LEVEL + n * BYTES_PER_STATE_NODE
-    return states * per_state + OVERHEAD_BYTES
+def estimate_bytes(states: int, levels: int, n: int, stored: int | None = None) -> int:
+    """Peak memory of the arrays any planning command holds, for `levels` + 1 levels.
+
+    stored: cells the solvers' tables keep (`_table.reachable_top`); None: every cell,
+    an upper bound before those are known.
+    """
+    cells = states * (levels + 1)
+    stored = cells if stored is None else stored
+    return (
+        cells * BYTES_PER_STATE_LEVEL
+        + stored * BYTES_PER_STORED_CELL
+        + states * n * BYTES_PER_STATE_NODE
+        + OVERHEAD_BYTES
+    )
 
 
 def _release_freed_memory() -> None:
@@ -395,8 +410,11 @@ def enumerate_states(
             bytes_needed=need,
         )
 
-    if estimate_bytes(1, problem.levels, n) > max_bytes:
-        raise too_large(1, estimate_bytes(1, problem.levels, n))
+    # While states are found only the memory every cell takes is certain (the stored
+    # cells are known once the space is); past the upper bound at the end, the stored
+    # cells are counted.
+    if estimate_bytes(1, problem.levels, n, stored=0) > max_bytes:
+        raise too_large(1, estimate_bytes(1, problem.levels, n, stored=0))
     start = canonicalize(problem, problem.start_status[None, :])
     stochastic = np.array([len(c) > 1 for c in problem.cost_units])
     # Outcomes that are the same state once canonical, canonicalised once: without a
@@ -437,7 +455,7 @@ def enumerate_states(
             at += len(c)
         del arrived, ids, pieces
         total += len(codes)
-        need = estimate_bytes(total, problem.levels, n)
+        need = estimate_bytes(total, problem.levels, n, stored=0)
         if total > max_states or need > max_bytes:
             raise too_large(total, need)
         if model is not None:
@@ -534,7 +552,7 @@ def enumerate_states(
         p = beliefs(problem, status)
     else:
         p = np.broadcast_to(problem.p_table[:, 0], (S, n))
-    return StateSpace(
+    space = StateSpace(
         codes=codes,
         status=status,
         untried=(status == UNTRIED).sum(axis=1).astype(np.int64),
@@ -545,3 +563,11 @@ def enumerate_states(
         succ_d=succ[2],
         root=int(np.searchsorted(codes, root_code)),
     )
+    if estimate_bytes(S, problem.levels, n) > max_bytes:
+        from derisk.planner._table import reachable_top  # kept on the space for the solver
+
+        stored = int(reachable_top(problem, space).sum(dtype=np.int64)) + S
+        need = estimate_bytes(S, problem.levels, n, stored=stored)
+        if need > max_bytes:
+            raise too_large(S, need)
+    return space

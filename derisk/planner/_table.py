@@ -70,6 +70,9 @@ def reachable_top(
     the pairs, layer by layer from the most untried experiments (the order transitions
     go); a cut-off's state is entered at level 0, which every state keeps.
     """
+    key = (problem.levels, problem.min_cost.tobytes())  # all the answer depends on
+    if key in space.tops:
+        return space.tops[key]
     if pairs is None:
         pairs = SolvePairs.of(space)
     big = np.iinfo(np.int32).max // 2
@@ -84,7 +87,10 @@ def reachable_top(
         via = spent[pairs.order[pairs.rows[lo:hi]]] + cheapest[pairs.node[lo:hi]]
         np.minimum.at(spent, pairs.succ_s[lo:hi], via)
         np.minimum.at(spent, pairs.succ_f[lo:hi], via)
-    return np.maximum(problem.levels - spent, 0).astype(np.int32)
+    top = np.maximum(problem.levels - spent, 0).astype(np.int32)
+    top.setflags(write=False)
+    space.tops[key] = top
+    return top
 
 
 @dataclass(frozen=True, eq=False)
