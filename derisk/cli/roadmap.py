@@ -786,7 +786,10 @@ def whatif(
     )
     if is_approx(sol):
         return _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json)
-    w = whatif_report(sol, bottom, top)
+    passes = 1 + int((sol.problem.reward > 0).sum())  # expected compute, each P(reward)
+    with progress("{task.completed}/{task.total} passes") as bar:
+        task = bar.add_task("evaluating the plan at every budget", total=passes)
+        w = whatif_report(sol, bottom, top, progress=lambda k: bar.advance(task, k))
     goal = goal_of(w, roadmap)
     if png is not None:
         png = whatif_figure(w, roadmap, png, budget=left, left=bool(inp.outcomes))

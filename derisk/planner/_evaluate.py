@@ -104,6 +104,7 @@ def evaluate_policy(
     state: int | None = None,
     channels: tuple[str, ...] = ("value", "compute", "p_reward"),
     top: np.ndarray | None = None,
+    progress=None,
 ) -> dict:
     """Exact value, expected compute and P(reward k) of a fixed policy, every budget level.
 
@@ -114,7 +115,8 @@ def evaluate_policy(
 
     top: (S,) each state's reachable levels (`_table.reachable_top`): cells past them
     are not computed (0), which leaves the start state's row exact and skips ~2/3 of
-    the work on large roadmaps.
+    the work on large roadmaps. `progress(1)` after each backward pass (one per
+    channel, one per rewarded node for "p_reward").
 
     Returns dict with "value", "compute" (budget units) and "p_reward" ((K, ...) for the
     K rewarded nodes, in the order of "rewarded").
@@ -126,18 +128,28 @@ def evaluate_policy(
     # With one state's rows kept, every channel works in one buffer: a large table's
     # pages are faulted in once (seconds on a 1.5M-state roadmap), not per channel.
     buf = np.zeros((space.size, problem.levels + 1)) if state is not None else None
+
+    def done(x):
+        if progress is not None:
+            progress(1)
+        return x
+
     if "value" in channels:
-        out["value"] = _channel(
-            problem, space, policy, problem.reward, -problem.price_per_unit, state, top, buf
+        out["value"] = done(
+            _channel(
+                problem, space, policy, problem.reward, -problem.price_per_unit, state, top, buf
+            )
         )
     if "compute" in channels:
-        out["compute"] = _channel(problem, space, policy, np.zeros(problem.n), 1.0, state, top, buf)
+        out["compute"] = done(
+            _channel(problem, space, policy, np.zeros(problem.n), 1.0, state, top, buf)
+        )
     if "p_reward" in channels:
         rows = []
         for j in rewarded:
             g = np.zeros(problem.n)
             g[j] = 1.0
-            rows.append(_channel(problem, space, policy, g, 0.0, state, top, buf))
+            rows.append(done(_channel(problem, space, policy, g, 0.0, state, top, buf)))
         L = problem.levels + 1
         shape = (L,) if state is not None else (space.size, L)
         out["p_reward"] = np.array(rows) if rows else np.zeros((0, *shape))

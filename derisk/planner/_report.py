@@ -173,17 +173,19 @@ class WhatIf:
     marginal: np.ndarray  # (M,) d value / d budget (per unit), forward difference
 
 
-def whatif_report(solution: Solution, lo: float, hi: float) -> WhatIf:
+def whatif_report(solution: Solution, lo: float, hi: float, progress=None) -> WhatIf:
     """Value, P(reward) and the best first action for every budget level in [lo, hi].
 
     Past what the roadmap can spend (a problem compiled with a `surplus`) nothing
     changes: the curve ends with one point at `hi` equal to its last level.
+    `progress(1)` after each backward pass of the optimal policy's evaluation (expected
+    compute, then P(reward) of each rewarded experiment).
     """
     pr, sp = solution.problem, solution.space
     levels = np.arange(pr.levels + 1)
     budgets = levels * pr.resolution
     keep = (budgets >= lo - 1e-9) & (budgets <= hi + 1e-9)
-    ev = solution.root_curves("optimal")
+    ev = solution.root_curves("optimal", progress)
     value = solution.values[sp.root][keep]
     first_idx = solution.policy[sp.root][keep]
     p_reward = {pr.ids[j]: ev["p_reward"][k][keep] for k, j in enumerate(ev["rewarded"])}

@@ -97,9 +97,10 @@ class Solution:
             self._eval_cache[key] = start_value(self.problem, self.space, table)
         return self._eval_cache[key]
 
-    def root_curves(self, policy: str = "optimal") -> dict:
+    def root_curves(self, policy: str = "optimal", progress=None) -> dict:
         """(L,) value, compute and (K, L) P(reward) of a policy from the start state,
-        for every budget level (backward passes, one (S, L) array at a time)."""
+        for every budget level (backward passes, one (S, L) array at a time).
+        `progress(1)` after each pass."""
         key = ("curves", policy)
         if key not in self._eval_cache:
             table = self.policy_table(policy)
@@ -113,6 +114,7 @@ class Solution:
                 state=self.space.root,
                 channels=channels,
                 top=self.values.top,  # the start's row reads no cell past them
+                progress=progress,
             )
             if policy == "optimal":
                 ev["value"] = self.values[self.space.root].copy()
