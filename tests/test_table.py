@@ -115,10 +115,12 @@ def test_a_history_that_cannot_leave_that_much_budget_is_refused():
     assert pol.value({"a": "success"}, 4) == pytest.approx(0.0)  # b no longer fits
 
 
-def test_the_memory_guard_counts_the_stored_cells_once_they_are_known():
-    """Past the every-cell upper bound the guard counts the cells the tables will keep:
-    a limit between the two admits the roadmap (and leaves its tops for the solver); a
-    limit under the stored count refuses, naming what it needs."""
+def test_the_memory_guard_counts_the_stored_cells_once_they_are_known(monkeypatch):
+    """Past the every-cell upper bound the guard counts the cells the compiled engine's
+    tables will keep: a limit between the two admits the roadmap (and leaves its tops
+    for the solver); a limit under the stored count refuses, naming what it needs. The
+    numpy engine keeps dense tables, so for it every cell counts."""
+    import derisk.planner._exact as exact
     from derisk.errors import ProblemTooLarge
     from derisk.planner import estimate_bytes
 
@@ -128,6 +130,9 @@ def test_the_memory_guard_counts_the_stored_cells_once_they_are_known():
     full = estimate_bytes(space.size, pr.levels, pr.n)
     kept = estimate_bytes(space.size, pr.levels, pr.n, stored=stored)
     assert stored < 0.5 * space.size * (pr.levels + 1) and kept < full
+    with pytest.raises(ProblemTooLarge):  # small: the numpy engine, dense tables
+        enumerate_states(pr, max_bytes=(kept + full) // 2)
+    monkeypatch.setattr(exact, "FUSED_MIN_WORK", 0)  # as if large: the compiled engine
     admitted = enumerate_states(pr, max_bytes=(kept + full) // 2)
     assert admitted.size == space.size and len(admitted.tops) == 1
     with pytest.raises(ProblemTooLarge, match="reachable states") as exc:

@@ -163,6 +163,7 @@ def start_value(
     *,
     state: int | None = None,
     level: int | None = None,
+    top: np.ndarray | None = None,
 ) -> StartValue:
     """A fixed policy's value, compute, P(reward) and P(run) from one (state, level).
 
@@ -171,16 +172,30 @@ def start_value(
     transitions go; only (s, b) pairs with mass are visited, so this costs a small
     fraction of a backward pass. An action the policy picks that cannot be started (its
     minimum cost exceeds the budget left) is a stop.
+
+    top: (S,) each state's reachable levels from the planning start
+    (`_table.reachable_top`); when (state, level) lies within them the occupancy is held
+    for those levels only (all its mass can reach; 29% of the cells on a 1.5M-state
+    roadmap).
     """
     S, L = space.size, problem.levels + 1
     s0 = space.root if state is None else int(state)
     b0 = problem.start_budget if level is None else int(level)
-    mu = np.zeros((S, L))
-    mu[s0, b0] = 1.0
+    layers = list(reversed(space.layers()))  # the order transitions go
+    order = np.concatenate(layers)
+    if top is None or b0 > top[s0]:
+        width = np.full(S, L, dtype=np.int64)
+    else:
+        width = top.astype(np.int64) + 1
+    # Each state's levels at pos[s]..pos[s] + width[s] - 1, states in `order`: a block of
+    # a layer's states is one contiguous range of `flat`.
+    pos = np.empty(S, dtype=np.int64)
+    pos[order] = np.cumsum(width[order]) - width[order]
+    flat = np.zeros(int(width.sum()))
+    flat[pos[s0] + b0] = 1.0
     same = outcome_free(problem)
-    reached = np.zeros(S, dtype=bool)  # states mass has reached: only those are scanned
+    reached = np.zeros(S, dtype=bool)  # states mass has reached: only their blocks are read
     reached[s0] = True
-    flat = mu.reshape(-1)
     rewarded = rewarded_nodes(problem)
     value = compute = 0.0
     p_run = np.zeros(problem.n)
@@ -188,18 +203,18 @@ def start_value(
     lo = problem.min_cost
     price = problem.price_per_unit
     block = _block_rows(L)  # the exact solver's cache-sized blocks
-    for layer in reversed(space.layers()):
+    for layer in layers:
         for start in range(0, len(layer), block):
             rows = layer[start : start + block]
-            rows = rows[reached[rows]]
-            if not len(rows):
+            if not reached[rows].any():
                 continue
-            sub = mu[rows]
-            ri, li = np.nonzero(sub > 0)
-            if not len(ri):
+            first = pos[rows[0]]
+            k = first + np.flatnonzero(flat[first : pos[rows[-1]] + width[rows[-1]]] > 0)
+            if not len(k):
                 continue
-            mass = sub[ri, li]
-            st = rows[ri]
+            st = rows[np.searchsorted(pos[rows], k, side="right") - 1]
+            li = k - pos[st]
+            mass = flat[k]
             if policy is None:
                 ok = space.avail[st] & (lo[None, :] <= li[:, None])  # (m, n)
                 count = ok.sum(axis=1)
@@ -225,14 +240,14 @@ def start_value(
                         wq = w[fit] * q
                         left = b[fit] - c
                         pf = p[fit]
-                        ss = space.succ_s[s[fit], i].astype(np.int64)  # x L: widen first
+                        ss = space.succ_s[s[fit], i]
                         if same[i]:  # both outcomes lead to one state: one scatter
-                            np.add.at(flat, ss * L + left, wq)
+                            np.add.at(flat, pos[ss] + left, wq)
                             reached[ss] = True
                         else:
-                            sf = space.succ_f[s[fit], i].astype(np.int64)
-                            np.add.at(flat, ss * L + left, wq * pf)
-                            np.add.at(flat, sf * L + left, wq * (1 - pf))
+                            sf = space.succ_f[s[fit], i]
+                            np.add.at(flat, pos[ss] + left, wq * pf)
+                            np.add.at(flat, pos[sf] + left, wq * (1 - pf))
                             reached[ss] = reached[sf] = True
                         won = float(wq @ pf)
                         p_succ[i] += won
@@ -241,8 +256,8 @@ def start_value(
                     over = ~fit
                     if over.any():  # cut off: all that is left is spent, counts as failed
                         wq = w[over] * q
-                        d = space.succ_d[s[over], i].astype(np.int64)
-                        np.add.at(flat, d * L, wq)
+                        d = space.succ_d[s[over], i]
+                        np.add.at(flat, pos[d], wq)
                         reached[d] = True
                         spent = float(wq @ b[over])
                         value -= price * spent

@@ -48,7 +48,7 @@ def solve_exact(
     if engine not in ("auto", "numpy", "xla"):
         raise ValueError(f"engine must be auto, numpy or xla, got {engine!r}")
     if engine == "auto":
-        engine = "xla" if space.pairs * L >= FUSED_MIN_WORK else "numpy"
+        engine = auto_engine(space, L)
     if engine == "xla":
         from derisk.planner._fused import solve_fused
 
@@ -136,7 +136,14 @@ def solve_exact(
     finally:
         if pool is not None:
             pool.shutdown()
-    return Table.pack(V, top, np.nan), Table.pack(policy, top, -1)
+    # Read in place: compacting costs more than it saves at the sizes this engine takes
+    # (the memory guard counts every cell for them, `_states.enumerate_states`).
+    return Table.over(V, top, np.nan), Table.over(policy, top, -1)
+
+
+def auto_engine(space: StateSpace, levels: int) -> str:
+    """The engine `solve_exact` picks: "xla" past `FUSED_MIN_WORK` pair-levels."""
+    return "xla" if space.pairs * levels >= FUSED_MIN_WORK else "numpy"
 
 
 def _cpus() -> int:

@@ -94,7 +94,9 @@ class Solution:
         key = ("start", policy)
         if key not in self._eval_cache:
             table = self.policy_table(policy)
-            self._eval_cache[key] = start_value(self.problem, self.space, table)
+            self._eval_cache[key] = start_value(
+                self.problem, self.space, table, top=self.values.top
+            )
         return self._eval_cache[key]
 
     def root_curves(self, policy: str = "optimal", progress=None) -> dict:

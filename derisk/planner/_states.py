@@ -563,10 +563,15 @@ def enumerate_states(
         succ_d=succ[2],
         root=int(np.searchsorted(codes, root_code)),
     )
+    L = problem.levels + 1
     if estimate_bytes(S, problem.levels, n) > max_bytes:
+        from derisk.planner._exact import auto_engine
         from derisk.planner._table import reachable_top  # kept on the space for the solver
 
-        stored = int(reachable_top(problem, space).sum(dtype=np.int64)) + S
+        # The numpy engine keeps its tables dense: only the compiled one stores less.
+        stored = S * L
+        if auto_engine(space, L) == "xla":
+            stored = int(reachable_top(problem, space).sum(dtype=np.int64)) + S
         need = estimate_bytes(S, problem.levels, n, stored=stored)
         if need > max_bytes:
             raise too_large(S, need)

@@ -132,6 +132,20 @@ class Table:
         data.setflags(write=False)
         return cls(data=data, start=start, top=top, levels=L, fill=fill)
 
+    @classmethod
+    def over(cls, dense: np.ndarray, top: np.ndarray, fill) -> Table:
+        """A dense (S, L) array read as a table up to each row's top (no copy: for
+        tables small enough that compacting them costs more than it saves)."""
+        S, L = dense.shape
+        dense.setflags(write=False)
+        return cls(
+            data=dense.reshape(-1),
+            start=np.arange(S, dtype=np.int64) * L,
+            top=np.minimum(np.asarray(top, dtype=np.int32), L - 1),
+            levels=L,
+            fill=fill,
+        )
+
     @property
     def shape(self) -> tuple[int, int]:
         return (len(self.top), self.levels)
@@ -142,7 +156,7 @@ class Table:
 
     @property
     def cells(self) -> int:
-        """Stored cells."""
+        """Cells that can be read (levels 0..top of every row)."""
         return int(self.top.astype(np.int64).sum() + len(self.top))
 
     def __len__(self) -> int:
