@@ -151,3 +151,25 @@ def test_report_without_graphviz_still_writes(tmp_path, monkeypatch):
     text = res.path.read_text()
     assert "```mermaid" in text and "graphviz" in text.lower()
     assert res.notes and "roadmap.png" not in res.files
+
+
+def test_whatif_reports_one_progress_step_per_backward_pass():
+    from derisk.graphs import random_roadmap
+    from derisk.planner import whatif_report
+
+    pr = compile_roadmap(random_roadmap(8, seed=5, rewards=3, budget_levels=30))
+    sol = solve(pr)
+    steps = []
+    w = whatif_report(sol, 0.0, pr.levels * pr.resolution, progress=steps.append)
+    assert steps == [1] * (1 + int((pr.reward > 0).sum())) and len(steps) == 4
+    assert len(w.p_reward) == 3
+
+
+def test_plan_report_reports_one_progress_step_per_policy():
+    from derisk.graphs import random_roadmap
+    from derisk.planner import HEURISTICS
+
+    sol = solve(compile_roadmap(random_roadmap(7, seed=1, budget_levels=20)))
+    steps = []
+    rep = plan_report(sol, progress=steps.append)
+    assert steps == [1] * (1 + len(HEURISTICS)) and set(rep.heuristics) == set(HEURISTICS)

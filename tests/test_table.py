@@ -138,14 +138,3 @@ def test_the_memory_guard_counts_the_stored_cells_once_they_are_known(monkeypatc
     with pytest.raises(ProblemTooLarge, match="reachable states") as exc:
         enumerate_states(pr, max_bytes=kept - 1)
     assert exc.value.bytes_needed == kept
-
-
-def test_whatif_reports_one_progress_step_per_backward_pass():
-    from derisk.planner import whatif_report
-
-    pr = compile_roadmap(random_roadmap(8, seed=5, rewards=3, budget_levels=30))
-    sol = solve(pr)
-    steps = []
-    w = whatif_report(sol, 0.0, pr.levels * pr.resolution, progress=steps.append)
-    assert steps == [1] * (1 + int((pr.reward > 0).sum())) and len(steps) == 4
-    assert len(w.p_reward) == 3

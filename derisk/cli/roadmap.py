@@ -528,7 +528,14 @@ def plan(
     )
     roadmap = inp.roadmap
     approx = is_approx(sol)
-    rep = approx_plan_report(sol, depth=depth) if approx else plan_report(sol, depth=depth)
+    if approx:
+        rep = approx_plan_report(sol, depth=depth)
+    else:
+        from derisk.planner import HEURISTICS
+
+        with progress("{task.completed}/{task.total} policies") as bar:
+            task = bar.add_task("evaluating the plan and the heuristics", total=1 + len(HEURISTICS))
+            rep = plan_report(sol, depth=depth, progress=lambda k: bar.advance(task, k))
     unit = roadmap.unit_label()
     written = []
     if dot is not None:

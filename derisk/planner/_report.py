@@ -31,10 +31,15 @@ class PlanReport:
     unaffordable: list[str] | None = None
 
 
-def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
+def plan_report(solution: Solution, *, depth: int = 3, progress=None) -> PlanReport:
+    """The next experiment, the runnable ones' Q-values, and the plan's and each
+    heuristic's exact value from the start. `progress(1)` after each policy's
+    evaluation (the optimal one, then each heuristic)."""
     pr, sp = solution.problem, solution.space
     s, b = sp.root, pr.start_budget
     ev = solution.start_value("optimal")
+    if progress is not None:
+        progress(1)
     value = float(solution.values[s, b])
     q = solution.q_values()
     actions = []
@@ -52,7 +57,7 @@ def plan_report(solution: Solution, *, depth: int = 3) -> PlanReport:
     pick = int(solution.policy[s, b])
     chosen = None if pick < 0 else pr.ids[pick]
     actions.sort(key=lambda x: (x["id"] != chosen, -x["q"]))  # the pick first, even on a tie
-    heur = heuristic_summary(solution)
+    heur = heuristic_summary(solution, progress)
     a = int(solution.policy[s, b])
     return PlanReport(
         next=None if a < 0 else pr.ids[a],
@@ -78,9 +83,10 @@ def unaffordable_now(solution: Solution, q: np.ndarray | None = None) -> list[st
     return [pr.ids[i] for i in np.flatnonzero(sp.avail[sp.root]) if not np.isfinite(q[i])]
 
 
-def heuristic_summary(solution: Solution) -> dict[str, dict]:
+def heuristic_summary(solution: Solution, progress=None) -> dict[str, dict]:
     """Each heuristic's first pick at the planning start, its exact value, and its regret
-    against the optimal policy ("random" picks nothing: it is uniform)."""
+    against the optimal policy ("random" picks nothing: it is uniform). `progress(1)`
+    after each."""
     pr, sp = solution.problem, solution.space
     s, b = sp.root, pr.start_budget
     out = {}
@@ -89,6 +95,8 @@ def heuristic_summary(solution: Solution) -> dict[str, dict]:
         hv = solution.start_value(name).value
         pick = None if table is None or table[s, b] < 0 else pr.ids[table[s, b]]
         out[name] = {"pick": pick, "value": hv, "regret": solution.root_value - hv}
+        if progress is not None:
+            progress(1)
     return out
 
 
