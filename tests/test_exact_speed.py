@@ -154,7 +154,7 @@ def test_compiled_solver_matches_the_numpy_solver():
 
 
 def test_compiled_solver_chunks_hold_whole_states_of_one_layer():
-    from derisk.planner._fused import chunk_layout
+    from derisk.planner._fused import chunk_layout, pair_slots
 
     pr = compile_roadmap(random_roadmap(12, seed=4, hypotheses=2, stochastic_costs=0.4))
     space = enumerate_states(pr)
@@ -164,8 +164,15 @@ def test_compiled_solver_chunks_hold_whole_states_of_one_layer():
     st = states
     chunk = 2 * pr.n
     counts = space.avail.sum(axis=1)[by_layer]
-    slot, n_chunks, of_state = chunk_layout(space.untried[by_layer], counts, chunk, pr.n)
+    first_slot, n_chunks, of_state = chunk_layout(space.untried[by_layer], counts, chunk, pr.n)
+    slot = pair_slots(first_slot, counts)
     assert len(slot) == len(states) and len(set(slot)) == len(slot)
+    # listed in another order, every state's pairs get the same slots
+    shuffled = np.random.default_rng(0).permutation(len(counts))
+    again = pair_slots(first_slot[shuffled], counts[shuffled])
+    by_state = np.split(slot, np.cumsum(counts)[:-1])
+    for q, got in zip(shuffled, np.split(again, np.cumsum(counts[shuffled])[:-1]), strict=True):
+        assert np.array_equal(got, by_state[q])
     assert slot.min() >= 0 and slot.max() < n_chunks * chunk
     cid = slot // chunk
     assert np.array_equal(of_state[rows], cid)  # the per-state chunk is its pairs' chunk

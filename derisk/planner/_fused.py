@@ -48,18 +48,19 @@ def chunk_layout(layer: np.ndarray, pairs: np.ndarray, chunk: int, n: int):
     """Place the (state, experiment) pairs of states in solve order into chunks.
 
     layer: (S,) untried count of each state, nondecreasing (states sorted by layer);
-    pairs: (S,) each state's pair count (at most n). The pairs are numbered in that
-    order (a state's together); pair k goes to flat slot slot[k] of an
-    (n_chunks * chunk) layout. A state's pairs stay in one chunk and no chunk holds two
-    layers. Returns (slot, n_chunks, chunk_of_state); states without pairs get -1.
-    Everything is computed per state (S values), not per pair.
+    pairs: (S,) each state's pair count (at most n). A state's pairs take consecutive
+    slots of an (n_chunks * chunk) layout, starting at first_slot[state]; a state's
+    pairs stay in one chunk and no chunk holds two layers. Returns (first_slot,
+    n_chunks, chunk_of_state); states without pairs get -1 for both. Everything is
+    computed per state (S values), not per pair (`pair_slots` expands).
     """
     if chunk < 2 * n:
         raise ValueError(f"chunk {chunk} must hold at least 2 x {n} pairs")
     pairs = np.asarray(pairs, dtype=np.int64)
     total = int(pairs.sum())
     if total == 0:
-        return np.zeros(0, dtype=np.int64), 0, np.full(len(pairs), -1, dtype=np.int64)
+        none = np.full(len(pairs), -1, dtype=np.int64)
+        return none, 0, none.copy()
     first = np.cumsum(pairs) - pairs  # each state's first pair
     new_layer = np.r_[True, layer[1:] != layer[:-1]]
     layer_id = np.cumsum(new_layer) - 1
@@ -75,9 +76,16 @@ def chunk_layout(layer: np.ndarray, pairs: np.ndarray, chunk: int, n: int):
     n_chunks = int(per_layer.sum())
     chunk_first = np.full(n_chunks, total, dtype=np.int64)
     np.minimum.at(chunk_first, cid[has], first[has])
-    shift = cid * chunk - chunk_first[np.minimum(cid, n_chunks - 1)]
-    slot = np.repeat(shift[has], pairs[has]) + np.arange(total)
-    return slot, n_chunks, np.where(has, cid, -1)
+    first_slot = cid * chunk + first - chunk_first[np.minimum(cid, n_chunks - 1)]
+    return np.where(has, first_slot, -1), n_chunks, np.where(has, cid, -1)
+
+
+def pair_slots(first_slot: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Slot of every pair, for states listed in any order with their pairs consecutive:
+    first_slot and pairs (per state, in that order) from `chunk_layout`."""
+    pairs = np.asarray(pairs, dtype=np.int64)
+    first = np.cumsum(pairs) - pairs
+    return np.repeat(first_slot - first, pairs) + np.arange(int(pairs.sum()))
 
 
 def solve_fused(
@@ -94,12 +102,11 @@ def solve_fused(
         top = reachable_top(problem, space, sp)
     # Width classes: a chunk computes only the first `_width(class)` levels, enough for
     # each of its states' reachable levels; within a layer states go by class, so a
-    # chunk's states share one.
+    # chunk's states share one. `sp` keeps its order; `order` is the solve order.
+    counts_sp = np.bincount(sp.rows, minlength=len(sp.order))
     cls = _width_class(top[sp.order], L)
-    sp = sp.regrouped(cls, space.untried[sp.order])
-    order, rows = sp.order, sp.rows
-    cls = _width_class(top[order], L)
-    counts = np.bincount(rows, minlength=len(order))
+    perm = np.lexsort((cls, space.untried[sp.order]))  # position in `sp` of each
+    order, cls, counts = sp.order[perm], cls[perm], counts_sp[perm]
     idle = np.flatnonzero(~space.avail.any(axis=1))  # nothing to run: worth 0, stop
     # Flat layout of the tables: L cells of padding, the idle states' rows, then every
     # other state's row in solve order, then L cells of padding. A state's row is
@@ -114,7 +121,7 @@ def solve_fused(
     index = np.int32 if size < 2**31 else np.int64
     del width
     group = space.untried[order].astype(np.int64) * (WIDTH_CLASSES + 1) + cls
-    slot, n_chunks, cid = chunk_layout(group, counts, chunk, n)
+    first_slot, n_chunks, cid = chunk_layout(group, counts, chunk, n)
     del group
     tot = n_chunks * chunk
     per_chunk = np.bincount(cid, minlength=n_chunks)
@@ -180,24 +187,27 @@ def solve_fused(
         out[slot] = values
         return out
 
-    local = (np.arange(len(order)) - chunk_first[cid]).astype(np.int32)
+    # The pairs stay in `sp`'s order; each goes straight to its slot (no reordering).
+    back = np.empty_like(perm)
+    back[perm] = np.arange(len(perm))  # solve-order position of each of `sp`'s states
+    slot = pair_slots(first_slot[back], counts_sp)
+    local = (np.arange(len(order)) - chunk_first[cid]).astype(np.int32)[back]
     pairs = dict(
-        loc=laid(local[rows], M, np.int32),  # the pair's state's row in the chunk's block
+        loc=laid(local[sp.rows], M, np.int32),  # the pair's state's row in its chunk's block
         node=laid(sp.node, 0, np.int32),
         ss=laid(start[sp.succ_s], L, index),
         sf=laid(start[sp.succ_f], L, index),
     )
-    del local
+    del local, back, perm, first_slot
     if stochastic:  # cut-offs
-        st = order[rows]
-        d = space.succ_d[st, sp.node]
+        d = space.succ_d[sp.order[sp.rows], sp.node]
         pairs["sd"] = laid(np.where(d < 0, 0, start[np.maximum(d, 0)]), 0, index)
     if problem.hypotheses:
-        pairs["p"] = laid(space.p[order[rows], sp.node], 0.0, np.float64)
+        pairs["p"] = laid(space.p[sp.order[sp.rows], sp.node], 0.0, np.float64)
     pairs["row"] = start[order].astype(index)  # where each solved state's row goes
     pairs["first"] = chunk_first.astype(np.int32)
     pairs["count"] = per_chunk.astype(np.int32)
-    del sp, order, rows, cid, cls, chunk_class
+    del sp, order, cid, cls, chunk_class
     slot = None  # free the (pairs,) temporaries before the tables exist
     with _x64():
         dev = {k: jnp.asarray(v) for k, v in pairs.items()}

@@ -42,23 +42,6 @@ class SolvePairs:
         st = order[rows]
         return cls(order, rows, node, space.succ_s[st, node], space.succ_f[st, node])
 
-    def regrouped(self, key: np.ndarray, layer: np.ndarray) -> SolvePairs:
-        """The same pairs, states ordered by (layer, key) (stable; both given per state
-        of `order`, layer nondecreasing), each state's pairs still consecutive."""
-        perm = np.lexsort((key, layer))
-        counts = np.bincount(self.rows, minlength=len(self.order))
-        first = np.cumsum(counts) - counts
-        counts = counts[perm]
-        moved = np.repeat(first[perm] - (np.cumsum(counts) - counts), counts)
-        pick = np.arange(len(self.rows)) + moved  # new pair k is old pair pick[k]
-        return SolvePairs(
-            self.order[perm],
-            np.repeat(np.arange(len(perm)), counts),
-            self.node[pick],
-            self.succ_s[pick],
-            self.succ_f[pick],
-        )
-
 
 def reachable_top(
     problem: PlanningProblem, space: StateSpace, pairs: SolvePairs | None = None
