@@ -126,11 +126,13 @@ def test_bit_mask_enumeration_matches_the_reference_enumeration():
         assert fast.root == ref.root and fast.size >= 30
 
 
-def test_compiled_solver_matches_the_numpy_solver():
+def test_compiled_solver_matches_the_numpy_solver(monkeypatch):
     """`_fused` (XLA) against the numpy backward induction on roadmaps with every
     feature (stochastic costs and cut-offs, hypotheses, OR-groups, a compute price), in
     chunks small enough that layers span several: the same values, and its policy is
-    worth them (evaluated exactly by the general backup)."""
+    worth them (evaluated exactly by the general backup). The numpy solver keeps every
+    level at these sizes; past its threshold it keeps the compiled one's levels."""
+    import derisk.planner._exact as exact_mod
     from derisk.planner._exact import solve_exact
     from derisk.planner._fused import solve_fused
 
@@ -141,9 +143,14 @@ def test_compiled_solver_matches_the_numpy_solver():
         space = enumerate_states(pr)
         V, pol = solve_exact(pr, space, engine="numpy")
         Vx, polx = solve_fused(pr, space, chunk=2 * pr.n)
-        np.testing.assert_array_equal(Vx.top, V.top)
-        kept = V.stored()
+        assert (V.top == pr.levels).all()
+        kept = Vx.stored()
         np.testing.assert_allclose(Vx.dense()[kept], V.dense()[kept], atol=1e-9, rtol=0)
+        with monkeypatch.context() as m:
+            m.setattr(exact_mod, "WIDTH_MIN_WORK", 0)
+            Vw, _ = solve_exact(pr, space, engine="numpy")
+        np.testing.assert_array_equal(Vw.top, Vx.top)
+        np.testing.assert_allclose(Vw.dense()[kept], V.dense()[kept], atol=1e-9, rtol=0)
         px = polx.dense()
         assert (
             polx.dtype == np.int8

@@ -58,11 +58,16 @@ def test_reachable_top_is_the_most_budget_any_history_leaves():
     assert exact_cases >= 5
 
 
-def test_the_stored_cells_are_fewer_and_hold_the_full_solution_there():
-    """On a roadmap whose budget cannot run everything, the exact solver keeps well under
-    all cells, and each kept cell equals the value of a solver that keeps every cell."""
+@pytest.mark.parametrize("engine", ["numpy", "xla"])
+def test_the_stored_cells_are_fewer_and_hold_the_full_solution_there(engine, monkeypatch):
+    """On a roadmap whose budget cannot run everything, the exact solver (both engines,
+    the numpy one as past its size threshold) keeps well under all cells, and each kept
+    cell equals the value of a solver that keeps every cell."""
+    import derisk.planner._exact as exact_mod
     from derisk.planner import SolveConfig, build_space
 
+    monkeypatch.setattr(exact_mod, "WIDTH_MIN_WORK", 0)
+    monkeypatch.setattr(exact_mod, "FUSED_MIN_WORK", 0 if engine == "xla" else 1 << 62)
     pr = compile_roadmap(random_roadmap(10, seed=2, budget_levels=60, budget_fraction=0.5))
     space = build_space(pr)
     exact = solve(pr, space=space)
@@ -93,12 +98,14 @@ def test_table_reads():
     assert full[2, 3] == 11.0
 
 
-def test_a_history_that_cannot_leave_that_much_budget_is_refused():
+def test_a_history_that_cannot_leave_that_much_budget_is_refused(monkeypatch):
     """A solution queried where no history from the start can stand: a clear error,
     not a value read from another state's row; past every cost still possible the
     value is the top stored level's (the budget no longer matters)."""
+    import derisk.planner._exact as exact_mod
     from derisk.graphs import roadmap_from_dict
 
+    monkeypatch.setattr(exact_mod, "WIDTH_MIN_WORK", 0)  # keep reachable levels only
     r = roadmap_from_dict(
         {
             "budget": 10,

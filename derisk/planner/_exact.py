@@ -22,6 +22,7 @@ def _block_rows(levels: int) -> int:
 
 
 TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
+WIDTH_MIN_WORK = 1 << 24  # pairs x levels past which blocks are cut to reachable levels
 FUSED_MIN_WORK = 1 << 27  # pairs x levels past which the compiled solver pays (`_fused`)
 
 
@@ -47,13 +48,20 @@ def solve_exact(
     S, L = space.size, problem.levels + 1
     if engine not in ("auto", "numpy", "xla"):
         raise ValueError(f"engine must be auto, numpy or xla, got {engine!r}")
+    work = space.pairs * L  # (state, experiment, level) triples
     if engine == "auto":
-        engine = auto_engine(space, L)
+        engine = auto_engine(work)
     if engine == "xla":
         from derisk.planner._fused import solve_fused
 
         return solve_fused(problem, space, progress)
-    top = reachable_top(problem, space)
+    # Past WIDTH_MIN_WORK a block computes only up to its widest reachable level (E: a
+    # third faster); below, finding those levels costs more than it saves (D2), and
+    # every level is kept (all are the MDP's values).
+    if work >= WIDTH_MIN_WORK:
+        top = reachable_top(problem, space)
+    else:
+        top = np.full(S, L - 1, dtype=np.int32)
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit
@@ -124,7 +132,8 @@ def solve_exact(
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         for layer in space.layers():
-            layer = layer[np.argsort(-top[layer], kind="stable")]  # blocks of like widths
+            if work >= WIDTH_MIN_WORK:  # blocks of like widths
+                layer = layer[np.argsort(-top[layer], kind="stable")]
             blocks = [layer[k : k + block] for k in range(0, len(layer), block)]
             if pool is not None and len(blocks) > 1:
                 list(pool.map(backup, blocks))  # list(): re-raise any worker's error
@@ -141,9 +150,10 @@ def solve_exact(
     return Table.over(V, top, np.nan), Table.over(policy, top, -1)
 
 
-def auto_engine(space: StateSpace, levels: int) -> str:
-    """The engine `solve_exact` picks: "xla" past `FUSED_MIN_WORK` pair-levels."""
-    return "xla" if space.pairs * levels >= FUSED_MIN_WORK else "numpy"
+def auto_engine(work: int) -> str:
+    """The engine `solve_exact` picks for `work` (state, experiment, level) triples:
+    "xla" past `FUSED_MIN_WORK`."""
+    return "xla" if work >= FUSED_MIN_WORK else "numpy"
 
 
 def _cpus() -> int:

@@ -570,7 +570,7 @@ def enumerate_states(
 
         # The numpy engine keeps its tables dense: only the compiled one stores less.
         stored = S * L
-        if auto_engine(space, L) == "xla":
+        if auto_engine(space.pairs * L) == "xla":
             stored = int(reachable_top(problem, space).sum(dtype=np.int64)) + S
         need = estimate_bytes(S, problem.levels, n, stored=stored)
         if need > max_bytes:
