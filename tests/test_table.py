@@ -145,3 +145,65 @@ def test_the_memory_guard_counts_the_stored_cells_once_they_are_known(monkeypatc
     with pytest.raises(ProblemTooLarge, match="reachable states") as exc:
         enumerate_states(pr, max_bytes=kept - 1)
     assert exc.value.bytes_needed == kept
+
+
+def _readings(roadmap, solution):
+    """What the planning commands print, read off one solution."""
+    from derisk.planner import plan_report, whatif_report
+    from derisk.planner._explain import explain
+    from derisk.planner._sensitivity import sensitivity
+    from derisk.planner._simulate import check_simulation
+
+    pr = solution.problem
+    rep = plan_report(solution)
+    w = whatif_report(solution, 0.0, pr.levels * pr.resolution)
+    return {
+        "next": rep.next,
+        "value": rep.value,
+        "heuristics": {k: v["value"] for k, v in rep.heuristics.items()},
+        "explain": explain(solution).as_dict(),
+        "whatif": (w.value, w.expected_compute, w.first, *w.p_reward.values()),
+        "simulate": [c.as_dict() for c in check_simulation(solution, episodes=2000).policies],
+        "sensitivity": sensitivity(roadmap, solution, flips=False).as_dict(),
+    }
+
+
+def _assert_same(a, b, path="readings"):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for k, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_same(x, y, f"{path}[{k}]")
+    elif isinstance(a, (float, np.floating, np.ndarray)):
+        np.testing.assert_allclose(a, b, atol=1e-9, rtol=0, err_msg=path)
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("stochastic", [0.0, 0.4])
+def test_every_command_reads_the_same_off_compact_tables(stochastic, monkeypatch):
+    """plan, explain, whatif, the simulation check and sensitivity print the same
+    numbers from the compiled solver's compact tables (under a third of the cells here)
+    as from the numpy solver's full ones: no reader needs a cell past a state's top."""
+    import derisk.planner._exact as exact_mod
+
+    r = random_roadmap(
+        9,
+        seed=3,
+        hypotheses=1,
+        stochastic_costs=stochastic,
+        any_groups=0.5,
+        compute_price=0.2,
+        budget_levels=40,
+        budget_fraction=0.5,
+    )
+    full = solve(compile_roadmap(r))
+    with monkeypatch.context() as m:  # this solve as if large: compiled, compact
+        m.setattr(exact_mod, "FUSED_MIN_WORK", 0)
+        compact = solve(compile_roadmap(r))
+    S, L = compact.space.size, compact.problem.levels + 1
+    assert full.values.cells == S * L and compact.values.cells < 0.4 * S * L
+    _assert_same(_readings(r, full), _readings(r, compact))
