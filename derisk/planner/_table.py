@@ -4,8 +4,9 @@ From the start state with at most `levels` budget units, a state s can be entere
 at most `levels - m(s)` units left, where m(s) is the cheapest total minimum cost of a
 path to it. Cells past that budget are never read by any question asked from the start
 (a backup at (s, b) reads its successors at b - cost, which stay inside their own
-reachable range), so the solvers store row s for levels 0..top(s) only. On the
-benchmark's largest roadmap that keeps 29% of the cells (BENCHMARKS.md).
+reachable range). The compiled solver stores row s for levels 0..top(s) only (29% of
+the cells on the benchmark's largest roadmap, BENCHMARKS.md); the numpy solver computes
+only those levels past a size and keeps its tables dense (`_exact.WIDTH_MIN_WORK`).
 """
 
 from __future__ import annotations
