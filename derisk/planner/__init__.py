@@ -44,6 +44,7 @@ from derisk.planner._solve import (
     solve,
 )
 from derisk.planner._states import StateSpace, config_posterior, enumerate_states, estimate_bytes
+from derisk.planner._table import Table, reachable_top
 
 __all__ = [
     "ApproxConfig",
@@ -77,6 +78,7 @@ __all__ = [
     "SolveConfig",
     "StartValue",
     "StateSpace",
+    "Table",
     "WhatIf",
     "build_space",
     "check_simulation",
@@ -84,6 +86,7 @@ __all__ = [
     "config_posterior",
     "enumerate_states",
     "estimate_bytes",
+    "reachable_top",
     "evaluate_policy",
     "heuristic_policy",
     "heuristic_scores",
