@@ -18,6 +18,7 @@ Every value is cross-checked against exact. Usage:
 
     python benchmarks/planner.py                 # all cases, table on stdout
     python benchmarks/planner.py --only F --json # one case
+    python benchmarks/planner.py --only D2 --exact-only  # its exact solve alone
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def max_err(values, ref) -> float:
     return float(np.abs(values.dense()[kept] - ref.dense()[kept]).max())
 
 
-def run_case(name: str) -> dict:
+def run_case(name: str, exact_only: bool = False) -> dict:
     from derisk.planner import SolveConfig, build_space, compile_roadmap, solve
 
     roadmap = roadmap_for(name)
@@ -160,6 +161,8 @@ def run_case(name: str) -> dict:
             warm.append(time.perf_counter() - t0)
             assert again.root_value == exact.root_value
         out["exact_warm_s"] = min(warm)
+    if exact_only:
+        return out
 
     if space.size * L <= 3_000_000 * 4:
         t0 = time.perf_counter()
@@ -237,9 +240,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="run one case in this process and print JSON")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--exact-only",
+        action="store_true",
+        help="with --only: the exact solver alone (no other solver in the process)",
+    )
     args = ap.parse_args()
     if args.only:
-        print(json.dumps(run_case(args.only)))
+        print(json.dumps(run_case(args.only, exact_only=args.exact_only)))
         return
     rows = []
     for name in CASES:
