@@ -81,7 +81,9 @@ def test_the_stored_cells_are_fewer_and_hold_the_full_solution_there(engine, mon
 
 def test_table_reads():
     dense = np.arange(12.0).reshape(3, 4)
-    t = Table.pack(dense, np.array([3, 1, 0]), np.nan)
+    # compact, as the compiled solver stores it: rows 0..top, padding around, rows apart
+    data = np.array([-1.0, 8.0, -1.0, 4.0, 5.0, 0.0, 1.0, 2.0, 3.0, -1.0])
+    t = Table(data, np.array([5, 3, 1]), np.array([3, 1, 0], dtype=np.int32), 4, np.nan)
     assert t.shape == (3, 4) and t.cells == 4 + 2 + 1 and len(t) == 3
     assert t[0, 3] == 3.0 and t[1, 1] == 5.0 and t[2, 0] == 8.0
     np.testing.assert_array_equal(t[np.array([1, 0]), np.array([0, 2])], [4.0, 2.0])

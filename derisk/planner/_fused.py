@@ -88,18 +88,12 @@ def pair_slots(first_slot: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return np.repeat(first_slot - first, pairs) + np.arange(int(pairs.sum()))
 
 
-def solve_fused(
-    problem: PlanningProblem, space: StateSpace, progress=None, *, chunk=CHUNK, top=None
-):
-    """Optimal values (float64) and policy (int8, -1 = stop) as `Table`s.
-
-    top: (S,) each state's highest reachable budget level (`reachable_top`, computed
-    when not given); only those cells are stored.
-    """
+def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, chunk=CHUNK):
+    """Optimal values (float64) and policy (int8, -1 = stop) as `Table`s, each state's
+    row stored for its reachable levels only (`reachable_top`)."""
     S, L, n = space.size, problem.levels + 1, problem.n
     sp = SolvePairs.of(space)  # states in solve order, and their pairs in that order
-    if top is None:
-        top = reachable_top(problem, space, sp)
+    top = reachable_top(problem, space, sp)
     # Width classes: a chunk computes only the first `_width(class)` levels, enough for
     # each of its states' reachable levels; within a layer states go by class, so a
     # chunk's states share one. `sp` keeps its order; `order` is the solve order.

@@ -95,28 +95,6 @@ class Table:
     fill: float | int
 
     @classmethod
-    def full(cls, dense: np.ndarray, fill) -> Table:
-        """Every cell of a dense (S, L) array (no copy)."""
-        S, L = dense.shape
-        return cls(
-            data=np.ascontiguousarray(dense).reshape(-1),
-            start=np.arange(S, dtype=np.int64) * L,
-            top=np.full(S, L - 1, dtype=np.int32),
-            levels=L,
-            fill=fill,
-        )
-
-    @classmethod
-    def pack(cls, dense: np.ndarray, top: np.ndarray, fill) -> Table:
-        """The cells of a dense (S, L) array up to each row's top (a copy)."""
-        S, L = dense.shape
-        top = np.minimum(np.asarray(top, dtype=np.int32), L - 1)
-        start = np.r_[0, np.cumsum(top.astype(np.int64) + 1)[:-1]]
-        data = dense[np.arange(L)[None, :] <= top[:, None]]  # row-major: rows in order
-        data.setflags(write=False)
-        return cls(data=data, start=start, top=top, levels=L, fill=fill)
-
-    @classmethod
     def over(cls, dense: np.ndarray, top: np.ndarray, fill) -> Table:
         """A dense (S, L) array read as a table up to each row's top (no copy: for
         tables small enough that compacting them costs more than it saves)."""
@@ -129,6 +107,12 @@ class Table:
             levels=L,
             fill=fill,
         )
+
+    @classmethod
+    def full(cls, dense: np.ndarray, fill) -> Table:
+        """Every cell of a dense (S, L) array (no copy)."""
+        S, L = dense.shape
+        return cls.over(dense, np.full(S, L - 1, dtype=np.int32), fill)
 
     @property
     def shape(self) -> tuple[int, int]:
