@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from derisk.planner._backup import action_value
-from derisk.planner._exact import _block_rows
+from derisk.planner._exact import _block_rows, layer_blocks
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, outcome_free, small_pages
 from derisk.planner._table import Table
@@ -51,13 +51,8 @@ def _channel(problem, space, policy, gains, spend, keep_state, top=None, X=None)
     S, L = space.size, problem.levels + 1
     if X is None:
         X = np.zeros((S, L))
-    block = _block_rows(L)  # the exact solver's cache-sized blocks
     for layer in space.layers():
-        if top is not None:
-            layer = layer[np.argsort(-top[layer], kind="stable")]  # blocks of like widths
-        for start in range(0, len(layer), block):
-            rows = layer[start : start + block]
-            W = L if top is None else int(top[rows].max()) + 1
+        for rows, W in layer_blocks(layer, L, top):  # the exact solver's blocks
             acc = np.zeros((len(rows), W))
             if policy is None:
                 count = np.zeros((len(rows), W))

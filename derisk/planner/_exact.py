@@ -21,6 +21,20 @@ def _block_rows(levels: int) -> int:
     return max(64, BLOCK_ELEMENTS // max(levels, 1))
 
 
+def layer_blocks(layer: np.ndarray, levels: int, top: np.ndarray | None = None) -> list:
+    """A layer's cache-sized blocks as (rows, W): W = `levels`, or with `top` (each
+    state's reachable levels) the block's widest top + 1, the layer sorted by top so
+    that a block's rows are alike."""
+    if top is not None:
+        layer = layer[np.argsort(-top[layer], kind="stable")]
+    block = _block_rows(levels)
+    out = []
+    for k in range(0, len(layer), block):
+        rows = layer[k : k + block]
+        out.append((rows, levels if top is None else int(top[rows].max()) + 1))
+    return out
+
+
 TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
 WIDTH_MIN_WORK = 1 << 24  # pairs x levels past which blocks are cut to reachable levels
 FUSED_MIN_WORK = 1 << 27  # pairs x levels past which the compiled solver pays (`_fused`)
@@ -58,18 +72,13 @@ def solve_exact(
     # Past WIDTH_MIN_WORK a block computes only up to its widest reachable level (E: a
     # third faster); below, finding those levels costs more than it saves (D2), and
     # every level is kept (all are the MDP's values).
-    if work >= WIDTH_MIN_WORK:
-        top = reachable_top(problem, space)
-    else:
-        top = np.full(S, L - 1, dtype=np.int32)
+    cut = reachable_top(problem, space) if work >= WIDTH_MIN_WORK else None
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit
-    block = _block_rows(L)
     same = outcome_free(problem)  # success and failure lead to one state: one gather
 
-    def backup(rows):  # one block of rows of a layer, levels 0..W-1 (its widest top)
-        W = int(top[rows].max()) + 1
+    def backup(rows, W):  # one block of rows of a layer, levels 0..W-1
         best = np.zeros((len(rows), W))  # stopping is worth 0
         act = np.full((len(rows), W), -1, dtype=np.int8)
         for i in range(problem.n):
@@ -132,14 +141,12 @@ def solve_exact(
     pool = ThreadPoolExecutor(workers) if workers > 1 else None
     try:
         for layer in space.layers():
-            if work >= WIDTH_MIN_WORK:  # blocks of like widths
-                layer = layer[np.argsort(-top[layer], kind="stable")]
-            blocks = [layer[k : k + block] for k in range(0, len(layer), block)]
+            blocks = layer_blocks(layer, L, cut)
             if pool is not None and len(blocks) > 1:
-                list(pool.map(backup, blocks))  # list(): re-raise any worker's error
+                list(pool.map(lambda b: backup(*b), blocks))  # list(): re-raise errors
             else:
-                for rows in blocks:
-                    backup(rows)
+                for rows, W in blocks:
+                    backup(rows, W)
             if progress is not None:
                 progress(len(layer))
     finally:
@@ -147,6 +154,7 @@ def solve_exact(
             pool.shutdown()
     # Read in place: compacting costs more than it saves at the sizes this engine takes
     # (the memory guard counts every cell for them, `_states.enumerate_states`).
+    top = np.full(S, L - 1, dtype=np.int32) if cut is None else cut
     return Table.over(V, top, np.nan), Table.over(policy, top, -1)
 
 
