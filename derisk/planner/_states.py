@@ -229,7 +229,7 @@ class StateSpace:
 
     def layers(self) -> list[np.ndarray]:
         """State indices grouped by untried count, fewest first (solve order)."""
-        order = np.argsort(self.untried, kind="stable")
+        order = np.argsort(self.untried.astype(np.int8), kind="stable")  # a radix sort
         counts = np.bincount(self.untried, minlength=int(self.untried.max()) + 1)
         return [g for g in np.split(order, np.cumsum(counts)[:-1]) if len(g)]
 

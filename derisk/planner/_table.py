@@ -37,7 +37,7 @@ class SolvePairs:
     @classmethod
     def of(cls, space: StateSpace) -> SolvePairs:
         counts = space.avail.sum(axis=1)
-        by_layer = np.argsort(space.untried.astype(np.int8), kind="stable")  # a radix sort
+        by_layer = np.concatenate(space.layers())
         order = by_layer[counts[by_layer] > 0]
         rows, node = np.nonzero(space.avail[order])
         st = order[rows]
