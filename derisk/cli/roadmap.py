@@ -772,7 +772,7 @@ def whatif(
     approximate solver, one solve per row (at most 8), each with its interval.
     """
     from derisk.figures import goal_of, whatif_figure
-    from derisk.planner import whatif_report
+    from derisk.planner import rewarded_nodes, whatif_report
 
     inp = plan_input(file, set_, fresh)
     roadmap = inp.roadmap
@@ -793,7 +793,7 @@ def whatif(
     )
     if is_approx(sol):
         return _whatif_approx(inp, sol, bottom, top, rows, png, left, as_json)
-    passes = 1 + int((sol.problem.reward > 0).sum())  # expected compute, each P(reward)
+    passes = 1 + len(rewarded_nodes(sol.problem))  # expected compute, each P(reward)
     with progress("{task.completed}/{task.total} passes") as bar:
         task = bar.add_task("evaluating the plan at every budget", total=passes)
         w = whatif_report(sol, bottom, top, progress=lambda k: bar.advance(task, k))
