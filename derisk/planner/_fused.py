@@ -97,10 +97,9 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
     # Width classes: a chunk computes only the first `_width(class)` levels, enough for
     # each of its states' reachable levels; within a layer states go by class, so a
     # chunk's states share one. `sp` keeps its order; `order` is the solve order.
-    counts_sp = np.bincount(sp.rows, minlength=len(sp.order))
     cls = _width_class(top[sp.order], L)
     perm = np.lexsort((cls, space.untried[sp.order]))  # position in `sp` of each
-    order, cls, counts = sp.order[perm], cls[perm], counts_sp[perm]
+    order, cls, counts = sp.order[perm], cls[perm], sp.counts[perm]
     idle = np.flatnonzero(~space.avail.any(axis=1))  # nothing to run: worth 0, stop
     # Flat layout of the tables: L cells of padding, the idle states' rows, then every
     # other state's row in solve order, then L cells of padding. A state's row is
@@ -184,7 +183,7 @@ def solve_fused(problem: PlanningProblem, space: StateSpace, progress=None, *, c
     # The pairs stay in `sp`'s order; each goes straight to its slot (no reordering).
     back = np.empty_like(perm)
     back[perm] = np.arange(len(perm))  # solve-order position of each of `sp`'s states
-    slot = pair_slots(first_slot[back], counts_sp)
+    slot = pair_slots(first_slot[back], sp.counts)
     local = (np.arange(len(order)) - chunk_first[cid]).astype(np.int32)[back]
     pairs = dict(
         loc=laid(local[sp.rows], M, np.int32),  # the pair's state's row in its chunk's block

@@ -23,12 +23,14 @@ from derisk.planner._states import StateSpace
 class SolvePairs:
     """The (state, experiment) pairs in solve order (fewest untried experiments first).
 
-    order: (P,) the states with something to run, in solve order; pair k is state
-    order[rows[k]] running experiment node[k], which leads to state succ_s[k] on a
-    success and succ_f[k] on a failure. A state's pairs are consecutive.
+    order: (P,) the states with something to run, in solve order, and counts: (P,) the
+    pairs of each; pair k is state order[rows[k]] running experiment node[k], which
+    leads to state succ_s[k] on a success and succ_f[k] on a failure. A state's pairs
+    are consecutive.
     """
 
     order: np.ndarray
+    counts: np.ndarray
     rows: np.ndarray
     node: np.ndarray
     succ_s: np.ndarray
@@ -41,7 +43,7 @@ class SolvePairs:
         order = by_layer[counts[by_layer] > 0]
         rows, node = np.nonzero(space.avail[order])
         st = order[rows]
-        return cls(order, rows, node, space.succ_s[st, node], space.succ_f[st, node])
+        return cls(order, counts[order], rows, node, space.succ_s[st, node], space.succ_f[st, node])
 
 
 def reachable_top(
@@ -64,8 +66,7 @@ def reachable_top(
     spent[space.root] = 0
     cheapest = problem.min_cost.astype(np.int32)
     layer = space.untried[pairs.order]
-    per_state = np.bincount(pairs.rows, minlength=len(pairs.order))
-    first = np.r_[0, np.cumsum(per_state)]  # each state's first pair, and the end
+    first = np.r_[0, np.cumsum(pairs.counts)]  # each state's first pair, and the end
     cut = first[np.r_[np.flatnonzero(np.diff(layer)) + 1, len(layer)]]  # layer ends
     for hi, lo in zip(cut[::-1], np.r_[cut[-2::-1], 0], strict=True):
         via = spent[pairs.order[pairs.rows[lo:hi]]] + cheapest[pairs.node[lo:hi]]
