@@ -138,10 +138,10 @@ def run_case(name: str, exact_only: bool = False) -> dict:
     out["enumerate_s"] = time.perf_counter() - t0
     out["states"], out["pairs"] = space.size, space.pairs
     exact = solve(pr, space=space)
-    try:  # which engine the exact solver used (numpy, or XLA past a size); older code: numpy
-        from derisk.planner._exact import FUSED_MIN_WORK
+    try:  # which engine the exact solver used (numpy, C, or XLA past a size); older: numpy
+        from derisk.planner._exact import auto_engine
 
-        out["exact_engine"] = "xla" if space.pairs * L >= FUSED_MIN_WORK else "numpy"
+        out["exact_engine"] = auto_engine(space.pairs * L)
     except ImportError:
         out["exact_engine"] = "numpy"
     out["exact_solve_s"] = exact.seconds

@@ -1,0 +1,108 @@
+/* Backward induction over (state, experiment) pairs: the numpy solver's loop
+ * (`_exact.solve_exact`, engine "numpy", the reference) in C, one state at a time.
+ *
+ * Built at install as an optional extension and called through ctypes
+ * (`_native.py`); where it is not built the numpy engine runs instead. Every
+ * operation is the reference's, in the reference's order, with no contraction
+ * into fused multiply-adds (-ffp-contract=off), so values and policies are equal
+ * bit for bit (tests/test_native.py).
+ *
+ * Tables are flat: row s of V (double) and act (int8) starts at start[s]; levels
+ * 0..width[s]-1 of each solved state are computed. A backup at level b reads its
+ * successors at b - cost, inside their own widths (`_table.reachable_top`). The
+ * caller fills V with 0 (stopping is worth 0) and act with -1 (stop).
+ */
+#include <stdint.h>
+
+#ifdef _WIN32
+#define EXPORT __declspec(dllexport)
+#else
+#define EXPORT __attribute__((visibility("default")))
+#endif
+
+typedef struct {
+    int64_t n_nodes;
+    const int64_t *cost_first; /* (n+1,) each node's cost outcomes: [first[i], first[i+1]) */
+    const int64_t *cost_units; /* cost outcomes in units, increasing */
+    const double *cost_probs;  /* their probabilities */
+    const double *gain;        /* (n,) what a success pays */
+    const uint8_t *same;       /* (n,) success and failure lead to one state */
+    double price;              /* what one unit spent adds (-price per unit) */
+    double tie;                /* a node replaces a lower-index one only if better by this */
+} Problem;
+
+static void deterministic(const Problem *pr, int64_t i, double p, const double *restrict vs,
+                          const double *restrict vf, double *restrict row,
+                          int8_t *restrict act, int64_t width) {
+    /* Branch-free, so that it vectorises. Adding a zero gain or price changes nothing:
+     * values are never -0.0 (every row starts at +0.0 and only grows). */
+    const int64_t c = pr->cost_units[pr->cost_first[i]];
+    const int8_t node = (int8_t)i;
+    const double g = pr->gain[i], q_fail = 1.0 - p, tie = pr->tie;
+    const double paid = pr->price != 0.0 && c != 0 ? pr->price * (double)c : 0.0;
+    if (pr->same[i]) { /* p (gain + x) + (1 - p) x = x + p gain */
+        const double gp = g != 0.0 ? g * p : 0.0;
+        for (int64_t b = c; b < width; b++) {
+            const double q = vs[b - c] + gp + paid, r = row[b];
+            act[b] = q > r + tie ? node : act[b];
+            row[b] = q > r ? q : r;
+        }
+    } else {
+        for (int64_t b = c; b < width; b++) {
+            const double q = (vs[b - c] + g) * p + vf[b - c] * q_fail + paid, r = row[b];
+            act[b] = q > r + tie ? node : act[b];
+            row[b] = q > r ? q : r;
+        }
+    }
+}
+
+static void stochastic(const Problem *pr, int64_t i, double p, const double *restrict vs,
+                       const double *restrict vf, const double *d0, double *restrict row,
+                       int8_t *restrict act, int64_t width) {
+    /* `_backup.action_value`: a mixture over cost outcomes; an outcome over the budget
+     * left is a cut-off (everything left spent, the run counts as failed). */
+    const int64_t lo = pr->cost_first[i], hi = pr->cost_first[i + 1];
+    const double g = pr->gain[i], q_fail = 1.0 - p, w = pr->price;
+    const int64_t cheapest = pr->cost_units[lo];
+    for (int64_t b = cheapest < width ? cheapest : width; b < width; b++) {
+        double q = 0.0;
+        for (int64_t k = lo; k < hi; k++) {
+            const int64_t c = pr->cost_units[k];
+            const double pk = pr->cost_probs[k];
+            if (b >= c) {
+                double t = vs[b - c];
+                if (g != 0.0) t = t + g;
+                const double cont = t * p + vf[b - c] * q_fail;
+                q = q + pk * (cont + w * (double)c);
+            } else if (d0 != 0) {
+                q = q + pk * (*d0 + w * (double)b);
+            }
+        }
+        if (q > row[b] + pr->tie) act[b] = (int8_t)i;
+        if (q > row[b]) row[b] = q;
+    }
+}
+
+/* Solve states state[0..count): state k runs pairs [first[k], first[k + 1]), in
+ * increasing node order. Every successor of a state must be solved before it. */
+EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state,
+                          const int64_t *first, const int64_t *node, const int64_t *succ_s,
+                          const int64_t *succ_f, const int64_t *succ_d, const double *p,
+                          const int64_t *start, const int64_t *width, double *V,
+                          int8_t *act) {
+    for (int64_t k = 0; k < count; k++) {
+        const int64_t s = state[k];
+        double *row = V + start[s];
+        int8_t *a = act + start[s];
+        for (int64_t j = first[k]; j < first[k + 1]; j++) {
+            const int64_t i = node[j];
+            const double *vs = V + start[succ_s[j]], *vf = V + start[succ_f[j]];
+            if (pr->cost_first[i + 1] - pr->cost_first[i] == 1) {
+                deterministic(pr, i, p[j], vs, vf, row, a, width[s]);
+            } else {
+                const double *d0 = succ_d[j] >= 0 ? V + start[succ_d[j]] : 0;
+                stochastic(pr, i, p[j], vs, vf, d0, row, a, width[s]);
+            }
+        }
+    }
+}
