@@ -84,7 +84,8 @@ static void stochastic(const Problem *pr, int64_t i, double p, const double *res
 }
 
 /* Solve states state[0..count): state k runs pairs [first[k], first[k + 1]), in
- * increasing node order. Every successor of a state must be solved before it. */
+ * increasing node order. Every successor of a state must be solved before it.
+ * succ_d may be NULL: no node has a stochastic cost. */
 EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state,
                           const int64_t *first, const int64_t *node, const int64_t *succ_s,
                           const int64_t *succ_f, const int64_t *succ_d, const double *p,
@@ -100,7 +101,7 @@ EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state
             if (pr->cost_first[i + 1] - pr->cost_first[i] == 1) {
                 deterministic(pr, i, p[j], vs, vf, row, a, width[s]);
             } else {
-                const double *d0 = succ_d[j] >= 0 ? V + start[succ_d[j]] : 0;
+                const double *d0 = succ_d && succ_d[j] >= 0 ? V + start[succ_d[j]] : 0;
                 stochastic(pr, i, p[j], vs, vf, d0, row, a, width[s]);
             }
         }

@@ -7,9 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from derisk.planner import _native
 from derisk.planner._backup import action_value, continuation
 from derisk.planner._problem import PlanningProblem
-from derisk.planner._states import StateSpace, outcome_free, small_pages
+from derisk.planner._states import StateSpace, _small_pages, outcome_free
 from derisk.planner._table import Table, reachable_top
 
 # Rows per block: each (rows x levels) temporary is ~4 MB and stays in cache; measured
@@ -38,9 +39,12 @@ def layer_blocks(layer: np.ndarray, levels: int, top: np.ndarray | None = None) 
 TIE = 1e-9  # an action replaces a lower-index one (or stop) only if better by this much
 WIDTH_MIN_WORK = 1 << 24  # pairs x levels past which blocks are cut to reachable levels
 FUSED_MIN_WORK = 1 << 27  # pairs x levels past which the compiled solver pays (`_fused`)
+# Tables under this many bytes are left on numpy's huge-page advice (`_states._small_pages`
+# explains why larger ones are not): the C loop's first solve of E (88 MB) takes 90 ms
+# on huge pages against 150 ms on 4 KiB ones, D2's (11 MB) 13 ms against 20 (BENCHMARKS.md).
+HUGE_PAGES_MAX_BYTES = 1 << 28
 
 
-@small_pages
 def solve_exact(
     problem: PlanningProblem, space: StateSpace, progress=None, *, threads=None, engine="auto"
 ):
@@ -67,20 +71,38 @@ def solve_exact(
     work = space.pairs * L  # (state, experiment, level) triples
     if engine == "auto":
         engine = auto_engine(work)
-    if engine == "xla":
-        from derisk.planner._fused import solve_fused
+    if engine == "native" and S * L * 9 < HUGE_PAGES_MAX_BYTES:  # values and policy
+        return _solve_native(problem, space, work, progress)
+    with _small_pages():
+        if engine == "xla":
+            from derisk.planner._fused import solve_fused
 
-        return solve_fused(problem, space, progress)
-    # Past WIDTH_MIN_WORK a block computes only up to its widest reachable level (E: a
-    # third faster); below, finding those levels costs more than it saves (D2), and
-    # every level is kept (all are the MDP's values).
-    cut = reachable_top(problem, space) if work >= WIDTH_MIN_WORK else None
+            return solve_fused(problem, space, progress)
+        if engine == "native":
+            return _solve_native(problem, space, work, progress)
+        return _solve_numpy(problem, space, work, progress, threads)
+
+
+def _reachable(problem: PlanningProblem, space: StateSpace, work: int) -> np.ndarray | None:
+    """Each state's reachable top (`_table.reachable_top`) past WIDTH_MIN_WORK, else None:
+    past it a block computes only up to its widest reachable level (E: a third faster);
+    below, finding those levels costs more than it saves (D2), and every level is kept
+    (all are the MDP's values)."""
+    return reachable_top(problem, space) if work >= WIDTH_MIN_WORK else None
+
+
+def _solve_native(problem: PlanningProblem, space: StateSpace, work: int, progress):
+    cut = _reachable(problem, space, work)
+    V, policy = _native.solve_native(problem, space, cut, TIE, progress)
+    top = np.full(space.size, problem.levels, dtype=np.int32) if cut is None else cut
+    return Table.over(V, top, np.nan), Table.over(policy, top, -1)
+
+
+def _solve_numpy(problem: PlanningProblem, space: StateSpace, work: int, progress, threads):
+    """The reference loop (`solve_exact`, engine "numpy")."""
+    S, L = space.size, problem.levels + 1
+    cut = _reachable(problem, space, work)
     top = np.full(S, L - 1, dtype=np.int32) if cut is None else cut
-    if engine == "native":
-        from derisk.planner._native import solve_native
-
-        V, policy = solve_native(problem, space, cut, TIE, progress)
-        return Table.over(V, top, np.nan), Table.over(policy, top, -1)
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit
@@ -170,9 +192,7 @@ def auto_engine(work: int) -> str:
     "xla" past `FUSED_MIN_WORK`, else "native" where the C loop was built, else "numpy"."""
     if work >= FUSED_MIN_WORK:
         return "xla"
-    from derisk.planner._native import available
-
-    return "native" if available() else "numpy"
+    return "native" if _native.available() else "numpy"
 
 
 def _cpus() -> int:

@@ -62,10 +62,14 @@ def _ptr(a: np.ndarray):
 
 
 def solve_native(
-    problem: PlanningProblem, space: StateSpace, top: np.ndarray | None, tie: float, progress=None
+    problem: PlanningProblem,
+    space: StateSpace,
+    top: np.ndarray | None,
+    tie: float,
+    progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense (S, L) values and int8 policy, levels 0..top[s] of each row computed (every
-    level where `top` is None), one call per layer (the progress unit)."""
+    level where `top` is None), layer by layer (the progress unit)."""
     kernel = _kernel()
     if kernel is None:
         raise RuntimeError("the C solver was not built (reinstall with a C compiler)")
@@ -74,7 +78,8 @@ def solve_native(
     st = pairs.order[pairs.rows]
     i64 = functools.partial(np.ascontiguousarray, dtype=np.int64)
     node, succ_s, succ_f = i64(pairs.node), i64(pairs.succ_s), i64(pairs.succ_f)
-    succ_d = i64(space.succ_d[st, pairs.node])
+    stochastic = any(len(u) > 1 for u in problem.cost_units)
+    succ_d = i64(space.succ_d[st, pairs.node]) if stochastic else None  # None: NULL
     p = np.ascontiguousarray(space.p[st, pairs.node], dtype=np.float64)
     first = i64(np.r_[0, np.cumsum(pairs.counts)])
     order = i64(pairs.order)
@@ -107,23 +112,12 @@ def solve_native(
         idle = np.setdiff1d(np.flatnonzero(sizes), untried)
         if len(idle):
             progress(int(sizes[idle].sum()))
+    tables = [_ptr(a) if a is not None else None for a in (node, succ_s, succ_f, succ_d, p)]
+    tables += [_ptr(start), _ptr(width), _ptr(V), _ptr(policy)]
+    # One thread: splitting a layer over this machine's two was slower (BENCHMARKS.md).
     lo = 0
     for hi in ends if len(order) else []:
-        kernel(
-            ctypes.byref(spec),
-            int(hi - lo),
-            _ptr(order[lo:]),
-            _ptr(first[lo:]),
-            _ptr(node),
-            _ptr(succ_s),
-            _ptr(succ_f),
-            _ptr(succ_d),
-            _ptr(p),
-            _ptr(start),
-            _ptr(width),
-            _ptr(V),
-            _ptr(policy),
-        )
+        kernel(ctypes.byref(spec), int(hi - lo), _ptr(order[lo:]), _ptr(first[lo:]), *tables)
         if progress is not None:
             progress(int(sizes[untried[lo]]))
         lo = hi
