@@ -209,8 +209,11 @@ class StateSpace:
     succ_f: np.ndarray
     succ_d: np.ndarray
     root: int
-    # reachable tops by (levels, minimum costs): `_table.reachable_top`'s cache
-    tops: dict = field(default_factory=dict, repr=False)
+    # what the solvers derive from the transitions alone, kept for every re-solve (the
+    # sensitivity analysis solves one space hundreds of times with other p and costs):
+    # "pairs" (`_table.SolvePairs`), and each ("top", levels, minimum costs)
+    # (`_table.reachable_top`)
+    memo: dict = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:

@@ -18,6 +18,8 @@ import numpy as np
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace
 
+MEMO_MAX_PAIRS = 1 << 22  # (state, experiment) pairs kept on their space (~100 MB)
+
 
 @dataclass(frozen=True, eq=False)
 class SolvePairs:
@@ -38,6 +40,18 @@ class SolvePairs:
 
     @classmethod
     def of(cls, space: StateSpace) -> SolvePairs:
+        """The space's pairs, found once per space (`StateSpace.memo`) up to
+        `MEMO_MAX_PAIRS`; past it found again each time, not held beside the tables
+        (F's would be 0.35 GB)."""
+        if "pairs" in space.memo:
+            return space.memo["pairs"]
+        pairs = cls._find(space)
+        if len(pairs.rows) <= MEMO_MAX_PAIRS:
+            space.memo["pairs"] = pairs
+        return pairs
+
+    @classmethod
+    def _find(cls, space: StateSpace) -> SolvePairs:
         counts = space.avail.sum(axis=1)
         by_layer = np.concatenate(space.layers())
         order = by_layer[counts[by_layer] > 0]
@@ -56,9 +70,9 @@ def reachable_top(
     the pairs, layer by layer from the most untried experiments (the order transitions
     go); a cut-off's state is entered at level 0, which every state keeps.
     """
-    key = (problem.levels, problem.min_cost.tobytes())  # all the answer depends on
-    if key in space.tops:
-        return space.tops[key]
+    key = ("top", problem.levels, problem.min_cost.tobytes())  # all the answer depends on
+    if key in space.memo:
+        return space.memo[key]
     if pairs is None:
         pairs = SolvePairs.of(space)
     big = np.iinfo(np.int32).max // 2
@@ -74,7 +88,7 @@ def reachable_top(
         np.minimum.at(spent, pairs.succ_f[lo:hi], via)
     top = np.maximum(problem.levels - spent, 0).astype(np.int32)
     top.setflags(write=False)
-    space.tops[key] = top
+    space.memo[key] = top
     return top
 
 
