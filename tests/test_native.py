@@ -73,3 +73,23 @@ def test_unknown_engine_is_refused():
     pr = compile_roadmap(random_roadmap(4, seed=1))
     with pytest.raises(ValueError, match="native"):
         solve_exact(pr, enumerate_states(pr), engine="C")
+
+
+def test_a_library_built_from_another_source_is_not_called(monkeypatch):
+    """A checkout updated without reinstalling keeps an old build: its version differs,
+    so the solver says so and runs the numpy loop instead of calling it."""
+    import derisk.planner._native as native_mod
+    from derisk.errors import DeriskWarning
+
+    pr = compile_roadmap(random_roadmap(6, seed=2))
+    space = enumerate_states(pr)
+    monkeypatch.setattr(native_mod, "VERSION", native_mod.VERSION + 1)
+    native_mod._kernel.cache_clear()
+    try:
+        with pytest.warns(DeriskWarning, match="rebuilt"):
+            assert not native_mod.available()
+        assert exact_mod.auto_engine(space.pairs * (pr.levels + 1)) == "numpy"
+    finally:
+        monkeypatch.undo()
+        native_mod._kernel.cache_clear()
+    assert native_mod.available()

@@ -20,6 +20,11 @@
 #define EXPORT __attribute__((visibility("default")))
 #endif
 
+/* The interface's version: `_native.VERSION` must equal it, so that a library built
+ * from an older source (a checkout updated without reinstalling) is not called. Bump
+ * both with any change to the arguments, the struct or the arithmetic. */
+EXPORT int64_t derisk_bellman_version(void) { return 1; }
+
 typedef struct {
     int64_t n_nodes;
     const int64_t *cost_first; /* (n+1,) each node's cost outcomes: [first[i], first[i+1]) */

@@ -10,14 +10,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.machinery
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from derisk.errors import DeriskWarning
 from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, outcome_free
 from derisk.planner._table import SolvePairs
 
+VERSION = 1  # derisk_bellman_version() of the library this module can call
 _i64 = ctypes.POINTER(ctypes.c_int64)
 _f64 = ctypes.POINTER(ctypes.c_double)
 
@@ -37,14 +40,26 @@ class _Problem(ctypes.Structure):
 
 @functools.cache
 def _kernel():
-    """`derisk_backup` from the built extension, or None where it was not built."""
+    """`derisk_backup` from the built extension, or None where it was not built (or was
+    built from another version of `_bellman.c`: then it says so, once)."""
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_bellman{suffix}"
         if path.exists():
             try:
-                fn = ctypes.CDLL(str(path)).derisk_backup
+                lib = ctypes.CDLL(str(path))
+                lib.derisk_bellman_version.restype = ctypes.c_int64
+                built = lib.derisk_bellman_version()
+                fn = lib.derisk_backup
             except (OSError, AttributeError):
+                built = None
+            if built != VERSION:
+                warnings.warn(
+                    f"{path.name} was built from another version of _bellman.c; the exact "
+                    "solver runs its numpy loop until it is rebuilt (pip install -e .)",
+                    DeriskWarning,
+                    stacklevel=2,
+                )
                 return None
             fn.restype = None
             fn.argtypes = [ctypes.POINTER(_Problem), ctypes.c_int64] + [ctypes.c_void_p] * 11
