@@ -62,7 +62,7 @@ def test_solve_uses_the_c_loop_where_built_and_numpy_where_not(monkeypatch):
     done = []
     V, _ = solve_exact(pr, space, progress=done.append)
     assert sum(done) == space.size and len(done) == len(space.layers())
-    monkeypatch.setattr(native_mod, "_kernel", lambda: None)  # an install without a compiler
+    monkeypatch.setattr(native_mod, "_library", lambda: None)  # an install without a compiler
     assert exact_mod.auto_engine(work) == "numpy"
     assert solve(pr, space=space).root_value == V[space.root, pr.levels]
     with pytest.raises(RuntimeError, match="C compiler"):
@@ -84,12 +84,38 @@ def test_a_library_built_from_another_source_is_not_called(monkeypatch):
     pr = compile_roadmap(random_roadmap(6, seed=2))
     space = enumerate_states(pr)
     monkeypatch.setattr(native_mod, "VERSION", native_mod.VERSION + 1)
-    native_mod._kernel.cache_clear()
+    native_mod._library.cache_clear()
     try:
         with pytest.warns(DeriskWarning, match="rebuilt"):
             assert not native_mod.available()
         assert exact_mod.auto_engine(space.pairs * (pr.levels + 1)) == "numpy"
     finally:
         monkeypatch.undo()
-        native_mod._kernel.cache_clear()
+        native_mod._library.cache_clear()
     assert native_mod.available()
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_c_policy_evaluation_equals_the_numpy_one_bit_for_bit(cut):
+    """Every channel (value with its price, compute, each reward's probability) of the
+    optimal policy, a heuristic's and the uniformly random one, whole tables and one
+    state's row, on roadmaps with every feature; with `cut` each row's reachable levels."""
+    from derisk.planner import evaluate_policy, reachable_top
+    from derisk.planner._heuristics import heuristic_policy
+
+    for pr in _cases()[::2]:
+        space = enumerate_states(pr)
+        top = reachable_top(pr, space) if cut else None
+        kept = np.arange(pr.levels + 1)[None, :] <= top[:, None] if cut else None
+        optimal = solve(pr, space=space).policy
+        for policy in (optimal, heuristic_policy("steinhardt", pr, space), None):
+            for state in (None, space.root):
+                got = [
+                    evaluate_policy(pr, space, policy, state=state, top=top, engine=engine)
+                    for engine in ("numpy", "native")
+                ]
+                for key in ("value", "compute", "p_reward"):
+                    ref, new = got[0][key], got[1][key]
+                    if state is None and cut:  # cells past a row's top are not computed
+                        ref, new = ref[..., kept], new[..., kept]
+                    assert np.array_equal(new, ref), key

@@ -7,6 +7,9 @@
  * into fused multiply-adds (-ffp-contract=off), so values and policies are equal
  * bit for bit (tests/test_native.py).
  *
+ * `derisk_evaluate` is the same for a fixed policy (`_evaluate._channel`), one channel
+ * (value, compute or one reward's probability) per call.
+ *
  * Tables are flat: row s of V (double) and act (int8) starts at start[s]; levels
  * 0..width[s]-1 of each solved state are computed. A backup at level b reads its
  * successors at b - cost, inside their own widths (`_table.reachable_top`). The
@@ -23,7 +26,7 @@
 /* The interface's version: `_native.VERSION` must equal it, so that a library built
  * from an older source (a checkout updated without reinstalling) is not called. Bump
  * both with any change to the arguments, the struct or the arithmetic. */
-EXPORT int64_t derisk_bellman_version(void) { return 1; }
+EXPORT int64_t derisk_bellman_version(void) { return 2; }
 
 typedef struct {
     int64_t n_nodes;
@@ -61,28 +64,44 @@ static void deterministic(const Problem *pr, int64_t i, double p, const double *
     }
 }
 
-static void stochastic(const Problem *pr, int64_t i, double p, const double *restrict vs,
-                       const double *restrict vf, const double *d0, double *restrict row,
-                       int8_t *restrict act, int64_t width) {
-    /* `_backup.action_value`: a mixture over cost outcomes; an outcome over the budget
-     * left is a cut-off (everything left spent, the run counts as failed). */
+/* The return of running node i (pair j's state) at level b, at least its cheapest cost:
+ * `_backup.action_value`, the general backup policy evaluation uses. A mixture over the
+ * cost outcomes; an outcome over the budget left is a cut-off (everything left spent,
+ * the run counts as failed). */
+static double action_at(const Problem *pr, int64_t i, double p, const double *vs,
+                        const double *vf, const double *d0, int64_t b) {
     const int64_t lo = pr->cost_first[i], hi = pr->cost_first[i + 1];
     const double g = pr->gain[i], q_fail = 1.0 - p, w = pr->price;
-    const int64_t cheapest = pr->cost_units[lo];
-    for (int64_t b = cheapest < width ? cheapest : width; b < width; b++) {
-        double q = 0.0;
-        for (int64_t k = lo; k < hi; k++) {
-            const int64_t c = pr->cost_units[k];
-            const double pk = pr->cost_probs[k];
-            if (b >= c) {
-                double t = vs[b - c];
-                if (g != 0.0) t = t + g;
-                const double cont = t * p + vf[b - c] * q_fail;
-                q = q + pk * (cont + w * (double)c);
-            } else if (d0 != 0) {
-                q = q + pk * (*d0 + w * (double)b);
-            }
+    if (hi - lo == 1) { /* a fixed cost: a shift */
+        const int64_t c = pr->cost_units[lo];
+        double t = vs[b - c];
+        if (g != 0.0) t = t + g;
+        double q = t * p + vf[b - c] * q_fail;
+        if (w != 0.0 && c != 0) q = q + w * (double)c;
+        return q;
+    }
+    double q = 0.0;
+    for (int64_t k = lo; k < hi; k++) {
+        const int64_t c = pr->cost_units[k];
+        const double pk = pr->cost_probs[k];
+        if (b >= c) {
+            double t = vs[b - c];
+            if (g != 0.0) t = t + g;
+            const double cont = t * p + vf[b - c] * q_fail;
+            q = q + pk * (cont + w * (double)c);
+        } else if (d0 != 0) {
+            q = q + pk * (*d0 + w * (double)b);
         }
+    }
+    return q;
+}
+
+static void stochastic(const Problem *pr, int64_t i, double p, const double *vs,
+                       const double *vf, const double *d0, double *restrict row,
+                       int8_t *restrict act, int64_t width) {
+    const int64_t cheapest = pr->cost_units[pr->cost_first[i]];
+    for (int64_t b = cheapest < width ? cheapest : width; b < width; b++) {
+        const double q = action_at(pr, i, p, vs, vf, d0, b);
         if (q > row[b] + pr->tie) act[b] = (int8_t)i;
         if (q > row[b]) row[b] = q;
     }
@@ -109,6 +128,55 @@ EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state
                 const double *d0 = succ_d && succ_d[j] >= 0 ? V + start[succ_d[j]] : 0;
                 stochastic(pr, i, p[j], vs, vf, d0, row, a, width[s]);
             }
+        }
+    }
+}
+
+/* One backward channel of a fixed policy (`_evaluate._channel`): X[s, b] is the
+ * return of following `policy` (int8 rows at start[s], -1 = stop; NULL: uniformly at
+ * random among the runnable and affordable experiments) from state s with b units left,
+ * the gains and price of `pr` counted. Rows of states with nothing to run are left as
+ * they are (0). count: (L,) scratch for the random policy. */
+EXPORT void derisk_evaluate(const Problem *pr, int64_t count, const int64_t *state,
+                            const int64_t *first, const int64_t *node, const int64_t *succ_s,
+                            const int64_t *succ_f, const int64_t *succ_d, const double *p,
+                            const int64_t *start, const int64_t *width, const int8_t *policy,
+                            double *X, double *tally) {
+    int64_t pair_of[128]; /* node -> pair of the state, -1: not runnable there */
+    for (int64_t i = 0; i < 128; i++) pair_of[i] = -1;
+    for (int64_t k = 0; k < count; k++) {
+        const int64_t s = state[k], W = width[s];
+        double *row = X + start[s];
+        if (policy) {
+            const int8_t *a = policy + start[s];
+            for (int64_t j = first[k]; j < first[k + 1]; j++) pair_of[node[j]] = j;
+            for (int64_t b = 0; b < W; b++) {
+                double q = 0.0;
+                const int64_t i = a[b], j = i >= 0 ? pair_of[i] : -1;
+                if (j >= 0 && b >= pr->cost_units[pr->cost_first[i]]) {
+                    const double *d0 = succ_d && succ_d[j] >= 0 ? X + start[succ_d[j]] : 0;
+                    q = q + action_at(pr, i, p[j], X + start[succ_s[j]], X + start[succ_f[j]],
+                                      d0, b);
+                }
+                row[b] = q;
+            }
+            for (int64_t j = first[k]; j < first[k + 1]; j++) pair_of[node[j]] = -1;
+        } else {
+            for (int64_t b = 0; b < W; b++) row[b] = 0.0, tally[b] = 0.0;
+            for (int64_t j = first[k]; j < first[k + 1]; j++) {
+                const int64_t i = node[j], cheapest = pr->cost_units[pr->cost_first[i]];
+                const double *d0 = succ_d && succ_d[j] >= 0 ? X + start[succ_d[j]] : 0;
+                const double *vs = X + start[succ_s[j]], *vf = X + start[succ_f[j]];
+                for (int64_t b = 0; b < W; b++) {
+                    if (b >= cheapest) {
+                        row[b] = row[b] + action_at(pr, i, p[j], vs, vf, d0, b);
+                        tally[b] = tally[b] + 1.0;
+                    } else {
+                        row[b] = row[b] + 0.0;
+                    }
+                }
+            }
+            for (int64_t b = 0; b < W; b++) row[b] = row[b] / (tally[b] > 1.0 ? tally[b] : 1.0);
         }
     }
 }

@@ -9,10 +9,12 @@ occupancy measure once and reads every channel off it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
+from derisk.planner import _native
 from derisk.planner._backup import action_value
 from derisk.planner._exact import _block_rows, layer_blocks
 from derisk.planner._problem import PlanningProblem
@@ -90,6 +92,14 @@ def _channel(problem, space, policy, gains, spend, keep_state, top=None, X=None)
     return X if keep_state is None else X[keep_state].copy()
 
 
+def _channel_native(layout, problem, space, policy, gains, spend, keep_state, top=None, X=None):
+    """`_channel` by the C loop (`_native.evaluate_native`)."""
+    if X is None:
+        X = np.zeros((space.size, problem.levels + 1))
+    _native.evaluate_native(problem, space, layout, policy, gains, spend, top, X)
+    return X if keep_state is None else X[keep_state].copy()
+
+
 @small_pages
 def evaluate_policy(
     problem: PlanningProblem,
@@ -100,6 +110,7 @@ def evaluate_policy(
     channels: tuple[str, ...] = ("value", "compute", "p_reward"),
     top: np.ndarray | None = None,
     progress=None,
+    engine: str = "auto",
 ) -> dict:
     """Exact value, expected compute and P(reward k) of a fixed policy, every budget level.
 
@@ -113,6 +124,9 @@ def evaluate_policy(
     the work on large roadmaps. `progress(1)` after each backward pass (one per
     channel, one per rewarded node for "p_reward").
 
+    engine: "numpy" (`_channel`, the reference), "native" (the same backup in C,
+    `_native`, equal bit for bit), or "auto": native where the install built it.
+
     Returns dict with "value", "compute" (budget units) and "p_reward" ((K, ...) for the
     K rewarded nodes, in the order of "rewarded").
     """
@@ -123,6 +137,13 @@ def evaluate_policy(
     # With one state's rows kept, every channel works in one buffer: a large table's
     # pages are faulted in once (seconds on a 1.5M-state roadmap), not per channel.
     buf = np.zeros((space.size, problem.levels + 1)) if state is not None else None
+    if engine not in ("auto", "numpy", "native"):
+        raise ValueError(f"engine must be auto, numpy or native, got {engine!r}")
+    if engine == "native" or (engine == "auto" and _native.available()):
+        layout = _native.Layout.of(problem, space)  # once, for every channel
+        channel = functools.partial(_channel_native, layout)
+    else:
+        channel = _channel
 
     def done(x):
         if progress is not None:
@@ -131,20 +152,20 @@ def evaluate_policy(
 
     if "value" in channels:
         out["value"] = done(
-            _channel(
+            channel(
                 problem, space, policy, problem.reward, -problem.price_per_unit, state, top, buf
             )
         )
     if "compute" in channels:
         out["compute"] = done(
-            _channel(problem, space, policy, np.zeros(problem.n), 1.0, state, top, buf)
+            channel(problem, space, policy, np.zeros(problem.n), 1.0, state, top, buf)
         )
     if "p_reward" in channels:
         rows = []
         for j in rewarded:
             g = np.zeros(problem.n)
             g[j] = 1.0
-            rows.append(done(_channel(problem, space, policy, g, 0.0, state, top, buf)))
+            rows.append(done(channel(problem, space, policy, g, 0.0, state, top, buf)))
         L = problem.levels + 1
         shape = (L,) if state is not None else (space.size, L)
         out["p_reward"] = np.array(rows) if rows else np.zeros((0, *shape))

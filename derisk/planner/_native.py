@@ -1,8 +1,8 @@
-"""The exact solver's loop in C (`_bellman.c`, called through ctypes), where it was built.
+"""The exact solver's and policy evaluation's loops in C (`_bellman.c`, through ctypes).
 
 `pip install` compiles it as an optional extension; without a C compiler the install
-goes on and `solve_exact` runs its numpy loop, the reference this one is tested against
-bit for bit (tests/test_native.py).
+goes on and the numpy loops run, the references these are tested against bit for bit
+(tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import ctypes
 import functools
 import importlib.machinery
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,10 @@ from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, outcome_free
 from derisk.planner._table import SolvePairs
 
-VERSION = 1  # derisk_bellman_version() of the library this module can call
+VERSION = 2  # derisk_bellman_version() of the library this module can call
 _i64 = ctypes.POINTER(ctypes.c_int64)
 _f64 = ctypes.POINTER(ctypes.c_double)
+_ptr = ctypes.c_void_p
 
 
 class _Problem(ctypes.Structure):
@@ -39,101 +41,185 @@ class _Problem(ctypes.Structure):
 
 
 @functools.cache
-def _kernel():
-    """`derisk_backup` from the built extension, or None where it was not built (or was
-    built from another version of `_bellman.c`: then it says so, once)."""
+def _library():
+    """The built extension, or None where it was not built (or was built from another
+    version of `_bellman.c`: then it says so, once)."""
     here = Path(__file__).parent
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         path = here / f"_bellman{suffix}"
-        if path.exists():
-            try:
-                lib = ctypes.CDLL(str(path))
-                lib.derisk_bellman_version.restype = ctypes.c_int64
-                built = lib.derisk_bellman_version()
-                fn = lib.derisk_backup
-            except (OSError, AttributeError):
-                built = None
-            if built != VERSION:
-                warnings.warn(
-                    f"{path.name} was built from another version of _bellman.c; the exact "
-                    "solver runs its numpy loop until it is rebuilt (pip install -e .)",
-                    DeriskWarning,
-                    stacklevel=2,
-                )
-                return None
-            fn.restype = None
-            fn.argtypes = [ctypes.POINTER(_Problem), ctypes.c_int64] + [ctypes.c_void_p] * 11
-            return fn
+        if not path.exists():
+            continue
+        try:
+            lib = ctypes.CDLL(str(path))
+            lib.derisk_bellman_version.restype = ctypes.c_int64
+            built = lib.derisk_bellman_version()
+        except (OSError, AttributeError):
+            built = None
+        if built != VERSION:
+            warnings.warn(
+                f"{path.name} was built from another version of _bellman.c; the planner "
+                "runs its numpy loops until it is rebuilt (pip install -e .)",
+                DeriskWarning,
+                stacklevel=2,
+            )
+            return None
+        head = [ctypes.POINTER(_Problem), ctypes.c_int64] + [_ptr] * 11
+        lib.derisk_backup.argtypes = head
+        lib.derisk_evaluate.argtypes = head + [_ptr]
+        lib.derisk_backup.restype = lib.derisk_evaluate.restype = None
+        return lib
     return None
 
 
 def available() -> bool:
-    """Whether the C loop was built (`pip install` with a C compiler)."""
-    return _kernel() is not None
+    """Whether the C loops were built (`pip install` with a C compiler)."""
+    return _library() is not None
 
 
-def _ptr(a: np.ndarray):
-    return a.ctypes.data_as(ctypes.c_void_p)
+def _addr(a: np.ndarray | None):
+    return None if a is None else a.ctypes.data_as(_ptr)
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """What the C loops read for one space and problem, laid out once: the pairs in
+    solve order (`_table.SolvePairs`) as int64, each pair's p, the cost outcomes, and
+    the layer ends (one call per layer: the progress unit)."""
+
+    order: np.ndarray
+    first: np.ndarray
+    tables: tuple  # node, succ_s, succ_f, succ_d (None: no stochastic cost), p
+    cost: tuple  # cost_first, cost_units, cost_probs
+    ends: np.ndarray  # where each layer's states end in `order`
+    sizes: np.ndarray  # each layer's states, those with nothing to run too
+    idle: int  # states in layers where nothing can run at all
+
+    @classmethod
+    def of(cls, problem: PlanningProblem, space: StateSpace) -> Layout:
+        pairs = SolvePairs.of(space)
+        st = pairs.order[pairs.rows]
+        i64 = functools.partial(np.ascontiguousarray, dtype=np.int64)
+        stochastic = any(len(u) > 1 for u in problem.cost_units)
+        tables = (
+            i64(pairs.node),
+            i64(pairs.succ_s),
+            i64(pairs.succ_f),
+            i64(space.succ_d[st, pairs.node]) if stochastic else None,
+            np.ascontiguousarray(space.p[st, pairs.node], dtype=np.float64),
+        )
+        units = [np.asarray(u, dtype=np.int64) for u in problem.cost_units]
+        cost = (
+            i64(np.r_[0, np.cumsum([len(u) for u in units])]),
+            i64(np.concatenate(units)),
+            np.ascontiguousarray(np.concatenate(problem.cost_probs), dtype=np.float64),
+        )
+        untried = space.untried[pairs.order]
+        heads = np.r_[0, np.flatnonzero(np.diff(untried)) + 1] if len(untried) else []
+        sizes = np.bincount(space.untried)
+        idle = np.setdiff1d(np.flatnonzero(sizes), untried)
+        return cls(
+            order=i64(pairs.order),
+            first=i64(np.r_[0, np.cumsum(pairs.counts)]),
+            tables=tables,
+            cost=cost,
+            ends=np.r_[heads[1:], len(untried)].astype(np.int64) if len(heads) else heads,
+            sizes=sizes[untried[heads]] if len(heads) else heads,
+            idle=int(sizes[idle].sum()),
+        )
+
+    def spec(self, problem: PlanningProblem, gain, price: float, tie: float = 0.0):
+        """The C `Problem` for these gains and this price (kept alive by the caller)."""
+        gain = np.ascontiguousarray(gain, dtype=np.float64)
+        same = np.ascontiguousarray(outcome_free(problem), dtype=np.uint8)
+        first, units, probs = self.cost
+        spec = _Problem(
+            problem.n,
+            first.ctypes.data_as(_i64),
+            units.ctypes.data_as(_i64),
+            probs.ctypes.data_as(_f64),
+            gain.ctypes.data_as(_f64),
+            same.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+            float(price),
+            float(tie),
+        )
+        return spec, (gain, same)  # the arrays `spec` points into: keep them alive
+
+    def run(self, fn, spec, tail: list, progress=None) -> None:
+        """`fn` over every layer in solve order; `tail` the arguments after the pairs."""
+        if progress is not None and self.idle:
+            progress(self.idle)
+        args = [_addr(a) for a in self.tables] + tail
+        lo = 0
+        for hi, size in zip(self.ends, self.sizes, strict=True):
+            fn(
+                ctypes.byref(spec),
+                int(hi - lo),
+                _addr(self.order[lo:]),
+                _addr(self.first[lo:]),
+                *args,
+            )
+            if progress is not None:
+                progress(int(size))
+            lo = hi
+
+
+def _need():
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the C loops were not built (reinstall with a C compiler)")
+    return lib
+
+
+def _widths(S: int, L: int, top: np.ndarray | None) -> np.ndarray:
+    return np.ascontiguousarray(
+        np.full(S, L) if top is None else np.minimum(top, L - 1) + 1, dtype=np.int64
+    )
 
 
 def solve_native(
-    problem: PlanningProblem,
-    space: StateSpace,
-    top: np.ndarray | None,
-    tie: float,
-    progress=None,
+    problem: PlanningProblem, space: StateSpace, top: np.ndarray | None, tie: float, progress=None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense (S, L) values and int8 policy, levels 0..top[s] of each row computed (every
-    level where `top` is None), layer by layer (the progress unit)."""
-    kernel = _kernel()
-    if kernel is None:
-        raise RuntimeError("the C solver was not built (reinstall with a C compiler)")
+    level where `top` is None), layer by layer. One thread: splitting a layer over this
+    machine's two was slower (BENCHMARKS.md)."""
+    lib = _need()
     S, L = space.size, problem.levels + 1
-    pairs = SolvePairs.of(space)
-    st = pairs.order[pairs.rows]
-    i64 = functools.partial(np.ascontiguousarray, dtype=np.int64)
-    node, succ_s, succ_f = i64(pairs.node), i64(pairs.succ_s), i64(pairs.succ_f)
-    stochastic = any(len(u) > 1 for u in problem.cost_units)
-    succ_d = i64(space.succ_d[st, pairs.node]) if stochastic else None  # None: NULL
-    p = np.ascontiguousarray(space.p[st, pairs.node], dtype=np.float64)
-    first = i64(np.r_[0, np.cumsum(pairs.counts)])
-    order = i64(pairs.order)
-    start = np.arange(S, dtype=np.int64) * L
-    width = i64(np.full(S, L) if top is None else np.minimum(top, L - 1) + 1)
-    units = [np.asarray(u, dtype=np.int64) for u in problem.cost_units]
-    cost_first = i64(np.r_[0, np.cumsum([len(u) for u in units])])
-    cost_units = i64(np.concatenate(units))
-    cost_probs = np.ascontiguousarray(np.concatenate(problem.cost_probs), dtype=np.float64)
-    gain = np.ascontiguousarray(problem.reward, dtype=np.float64)
-    same = np.ascontiguousarray(outcome_free(problem), dtype=np.uint8)
-    spec = _Problem(
-        problem.n,
-        cost_first.ctypes.data_as(_i64),
-        cost_units.ctypes.data_as(_i64),
-        cost_probs.ctypes.data_as(_f64),
-        gain.ctypes.data_as(_f64),
-        same.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
-        -float(problem.price_per_unit),
-        float(tie),
-    )
+    layout = Layout.of(problem, space)
+    spec, alive = layout.spec(problem, problem.reward, -problem.price_per_unit, tie)
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
-    # one call per layer (states of one untried count); progress counts every state of
-    # it, those with nothing to run too (a layer may have only those)
-    untried = space.untried[pairs.order]
-    ends = np.r_[np.flatnonzero(np.diff(untried)) + 1, len(order)]
-    sizes = np.bincount(space.untried)
-    if progress is not None:
-        idle = np.setdiff1d(np.flatnonzero(sizes), untried)
-        if len(idle):
-            progress(int(sizes[idle].sum()))
-    tables = [_ptr(a) if a is not None else None for a in (node, succ_s, succ_f, succ_d, p)]
-    tables += [_ptr(start), _ptr(width), _ptr(V), _ptr(policy)]
-    # One thread: splitting a layer over this machine's two was slower (BENCHMARKS.md).
-    lo = 0
-    for hi in ends if len(order) else []:
-        kernel(ctypes.byref(spec), int(hi - lo), _ptr(order[lo:]), _ptr(first[lo:]), *tables)
-        if progress is not None:
-            progress(int(sizes[untried[lo]]))
-        lo = hi
+    start = np.arange(S, dtype=np.int64) * L
+    width = _widths(S, L, top)
+    tail = [_addr(start), _addr(width), _addr(V), _addr(policy)]
+    layout.run(lib.derisk_backup, spec, tail, progress)
+    del alive  # (held until the calls are done)
     return V, policy
+
+
+def evaluate_native(
+    problem: PlanningProblem,
+    space: StateSpace,
+    layout: Layout,
+    policy: np.ndarray | None,
+    gains,
+    spend: float,
+    top: np.ndarray | None,
+    X: np.ndarray,
+) -> np.ndarray:
+    """One backward channel of a fixed policy into X (S, L) (`_evaluate._channel`):
+    policy dense (S, L) int8 (-1 = stop) or None (uniformly random); levels past each
+    row's top are left as they are."""
+    lib = _need()
+    S, L = space.size, problem.levels + 1
+    assert X.shape == (S, L) and X.flags.c_contiguous and X.dtype == np.float64
+    if policy is not None:
+        policy = np.ascontiguousarray(policy, dtype=np.int8)
+        assert policy.shape == (S, L)
+    spec, alive = layout.spec(problem, gains, spend)
+    start = np.arange(S, dtype=np.int64) * L
+    width = _widths(S, L, top)
+    tally = np.zeros(L)  # the random policy's count of choices at each level
+    tail = [_addr(start), _addr(width), _addr(policy), _addr(X), _addr(tally)]
+    layout.run(lib.derisk_evaluate, spec, tail)
+    del alive  # (held until the calls are done)
+    return X
