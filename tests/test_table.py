@@ -136,11 +136,16 @@ def test_the_memory_guard_counts_the_stored_cells_once_they_are_known(monkeypatc
     pr = compile_roadmap(random_roadmap(12, seed=2, budget_levels=150, budget_fraction=0.4))
     space = enumerate_states(pr)
     stored = int(reachable_top(pr, space).sum()) + space.size
-    full = estimate_bytes(space.size, pr.levels, pr.n)
-    kept = estimate_bytes(space.size, pr.levels, pr.n, stored=stored)
+    full = estimate_bytes(space.size, pr.levels, pr.n, pairs=space.pairs)
+    kept = estimate_bytes(space.size, pr.levels, pr.n, stored=stored, pairs=space.pairs)
     assert stored < 0.5 * space.size * (pr.levels + 1) and kept < full
     with pytest.raises(ProblemTooLarge):  # small: the numpy engine, dense tables
         enumerate_states(pr, max_bytes=(kept + full) // 2)
+    # the C loops' copy of the pairs counts too: a limit that leaves no room for it
+    without = estimate_bytes(space.size, pr.levels, pr.n)
+    assert enumerate_states(pr, max_bytes=full).size == space.size
+    with pytest.raises(ProblemTooLarge):
+        enumerate_states(pr, max_bytes=(without + full) // 2)
     monkeypatch.setattr(exact, "FUSED_MIN_WORK", 0)  # as if large: the compiled engine
     admitted = enumerate_states(pr, max_bytes=(kept + full) // 2)
     assert admitted.size == space.size and sum(k != "pairs" for k in admitted.memo) == 1

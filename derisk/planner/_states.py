@@ -247,6 +247,9 @@ BYTES_PER_STORED_CELL = 18
 # Bytes per (state, experiment): avail, status (1 each), posterior p (8), three
 # successor indices (24), and the heuristic scores built per table (8).
 BYTES_PER_STATE_NODE = 42
+# Bytes per runnable (state, experiment) pair: the C loops' layout of them (`_native`):
+# an experiment, two or three successors and a p, 8 bytes each.
+BYTES_PER_PAIR = 40
 OVERHEAD_BYTES = 64 * 2**20  # block temporaries of the backups (a few MB each) and slack
 TRIM_MIN_CELLS = 1 << 22  # (state, experiment) cells past which enumeration trims the heap
 ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerating
@@ -291,11 +294,14 @@ def outcome_free(problem: PlanningProblem) -> np.ndarray:
     return (problem.hyp_of < 0) & ~in_clause
 
 
-def estimate_bytes(states: int, levels: int, n: int, stored: int | None = None) -> int:
+def estimate_bytes(
+    states: int, levels: int, n: int, stored: int | None = None, pairs: int = 0
+) -> int:
     """Peak memory of the arrays any planning command holds, for `levels` + 1 levels.
 
     stored: cells the solvers' tables keep (`_table.reachable_top`); None: every cell,
-    an upper bound before those are known.
+    an upper bound before those are known. pairs: runnable (state, experiment) pairs,
+    once known.
     """
     cells = states * (levels + 1)
     stored = cells if stored is None else stored
@@ -303,6 +309,7 @@ def estimate_bytes(states: int, levels: int, n: int, stored: int | None = None) 
         cells * BYTES_PER_STATE_LEVEL
         + stored * BYTES_PER_STORED_CELL
         + states * n * BYTES_PER_STATE_NODE
+        + pairs * BYTES_PER_PAIR
         + OVERHEAD_BYTES
     )
 
@@ -567,7 +574,8 @@ def enumerate_states(
         root=int(np.searchsorted(codes, root_code)),
     )
     L = problem.levels + 1
-    if estimate_bytes(S, problem.levels, n) > max_bytes:
+    P = space.pairs
+    if estimate_bytes(S, problem.levels, n, pairs=P) > max_bytes:
         from derisk.planner._exact import auto_engine
         from derisk.planner._table import reachable_top  # kept on the space for the solver
 
@@ -575,7 +583,7 @@ def enumerate_states(
         stored = S * L
         if auto_engine(space.pairs * L) == "xla":
             stored = int(reachable_top(problem, space).sum(dtype=np.int64)) + S
-        need = estimate_bytes(S, problem.levels, n, stored=stored)
+        need = estimate_bytes(S, problem.levels, n, stored=stored, pairs=P)
         if need > max_bytes:
             raise too_large(S, need)
     return space
