@@ -96,6 +96,8 @@ class Layout:
 
     @classmethod
     def of(cls, problem: PlanningProblem, space: StateSpace) -> Layout:
+        if problem.n > 127:  # int8 policies; the C loops' node table has 128 entries
+            raise ValueError(f"the exact loops take at most 127 experiments, not {problem.n}")
         pairs = SolvePairs.of(space)
         st = pairs.order[pairs.rows]
         i64 = functools.partial(np.ascontiguousarray, dtype=np.int64)
