@@ -231,3 +231,22 @@ def test_toolbox_checks_are_linear_and_still_reject_bad_input():
     assert not util.isStochastic(bad)
     neg = sp.csr_matrix(np.array([[1.5, -0.5], [0.0, 1.0]]))
     assert util.isStochastic(neg) and not util.isNonNegative(neg)
+
+
+def test_a_chain_past_64_experiments_is_solved_exactly():
+    """Clause masks are Python ints past 63 nodes: a chain of 70, each node rewarded and
+    needing the one before, the budget covering all. Its value is the closed form
+    sum_k r_k prod_{j<=k} p_j (running on never loses: no price)."""
+    n = 70
+    ps = [0.9 + 0.001 * (i % 7) for i in range(n)]
+    rs = [1.0 + i % 3 for i in range(n)]
+    exps = [{"id": "e0", "p": ps[0], "cost": 1, "reward": rs[0]}]
+    exps += [
+        {"id": f"e{i}", "after": [f"e{i - 1}"], "p": ps[i], "cost": 1, "reward": rs[i]}
+        for i in range(1, n)
+    ]
+    pr = compile_roadmap(roadmap_from_dict({"budget": n, "resolution": 1, "experiments": exps}))
+    sol = solve(pr)
+    assert sol.solver == "exact" and sol.space.size == n + 1
+    expect = sum(r * math.prod(ps[: k + 1]) for k, r in enumerate(rs))
+    assert sol.root_value == pytest.approx(expect, rel=1e-12)

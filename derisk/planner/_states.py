@@ -287,10 +287,11 @@ def outcome_free(problem: PlanningProblem) -> np.ndarray:
     hypothesis, in no prerequisite clause), so that success and failure lead to the
     same state (`succ_s == succ_f` on every pair of such an experiment)."""
     n = problem.n
-    in_clause = np.zeros(n, dtype=bool)
+    members = 0  # a clause is a Python int of any width (bit i: node i)
     for clauses in problem.clauses:
         for c in clauses:
-            in_clause |= (c >> np.arange(n)) & 1 == 1
+            members |= int(c)
+    in_clause = np.array([members >> i & 1 == 1 for i in range(n)], dtype=bool)
     return (problem.hyp_of < 0) & ~in_clause
 
 
