@@ -49,6 +49,7 @@ def test_short_help_and_version():
         assert res.exit_code == 0 and "Usage" in res.stdout, args
     res = run("--version")
     assert res.exit_code == 0 and __version__ in res.stdout
+    assert "loops: C" in res.stdout  # the install built them (tests/test_native.py)
 
 
 # ---------------------------------------------------------------- numbers

@@ -17,6 +17,11 @@ def test_the_install_built_the_c_loop():
     assert available(), "derisk/planner/_bellman.c was not built: reinstall with a C compiler"
 
 
+# Without the build only the test above fails, with its message: the rest compare the
+# C loops with numpy and need them.
+needs_c = pytest.mark.skipif(not available(), reason="the C loops were not built: see above")
+
+
 def _cases():
     rs = generated_roadmaps(16, max_nodes=9)
     rs.append(random_roadmap(11, seed=4, hypotheses=2, stochastic_costs=0.4, compute_price=0.3))
@@ -24,6 +29,7 @@ def _cases():
     return [compile_roadmap(r) for r in rs]
 
 
+@needs_c
 @pytest.mark.parametrize("cut", [False, True])
 def test_c_loop_equals_the_numpy_loop_bit_for_bit(monkeypatch, cut):
     """Every feature (stochastic costs and cut-offs, hypotheses, OR-groups, a compute
@@ -51,6 +57,7 @@ def test_c_loop_equals_the_numpy_loop_bit_for_bit(monkeypatch, cut):
     assert narrowed == cut
 
 
+@needs_c
 def test_solve_uses_the_c_loop_where_built_and_numpy_where_not(monkeypatch):
     """The progress bar counts every state once, those with nothing to run too."""
     import derisk.planner._native as native_mod
@@ -75,6 +82,7 @@ def test_unknown_engine_is_refused():
         solve_exact(pr, enumerate_states(pr), engine="C")
 
 
+@needs_c
 def test_a_library_built_from_another_source_is_not_called(monkeypatch):
     """A checkout updated without reinstalling keeps an old build: its version differs,
     so the solver says so and runs the numpy loop instead of calling it."""
@@ -95,6 +103,7 @@ def test_a_library_built_from_another_source_is_not_called(monkeypatch):
     assert native_mod.available()
 
 
+@needs_c
 @pytest.mark.parametrize("cut", [False, True])
 def test_c_policy_evaluation_equals_the_numpy_one_bit_for_bit(cut):
     """Every channel (value with its price, compute, each reward's probability) of the
@@ -119,3 +128,47 @@ def test_c_policy_evaluation_equals_the_numpy_one_bit_for_bit(cut):
                     if state is None and cut:  # cells past a row's top are not computed
                         ref, new = ref[..., kept], new[..., kept]
                     assert np.array_equal(new, ref), key
+
+
+@needs_c
+def test_c_loops_read_int32_and_int64_successor_tables_alike():
+    """Spaces hold int32 successors below 2^31 states and int64 past: the C loops read
+    either as they are. The same space with int64 tables gives the same bits."""
+    from dataclasses import replace
+
+    import derisk.planner._native as native_mod
+    from derisk.planner._exact import TIE
+
+    pr = compile_roadmap(random_roadmap(11, seed=4, hypotheses=2, stochastic_costs=0.4))
+    space = enumerate_states(pr)
+    assert space.succ_s.dtype == np.int32
+    wide = replace(
+        space,
+        succ_s=space.succ_s.astype(np.int64),
+        succ_f=space.succ_f.astype(np.int64),
+        succ_d=space.succ_d.astype(np.int64),
+        memo={},
+    )
+    assert native_mod.Layout.of(pr, wide).wide == 1 and native_mod.Layout.of(pr, space).wide == 0
+    V, pol = native_mod.solve_native(pr, space, None, TIE)
+    Vw, polw = native_mod.solve_native(pr, wide, None, TIE)
+    assert np.array_equal(V, Vw) and np.array_equal(pol, polw)
+
+
+@needs_c
+def test_c_evaluation_takes_a_buffer_with_any_finite_contents():
+    """Like the numpy channel, whatever the buffer held before: the rows of states where
+    nothing can run are read as successors, so they must be set (to 0), not left."""
+    import derisk.planner._evaluate as ev
+    import derisk.planner._native as native_mod
+
+    pr = compile_roadmap(random_roadmap(9, seed=3, rewards=3))
+    space = enumerate_states(pr)
+    policy = solve(pr, space=space).policy.dense()
+    assert (space.avail.sum(axis=1) == 0).any()
+    layout = native_mod.Layout.of(pr, space)
+    args = (pr, space, policy, pr.reward, -pr.price_per_unit, space.root)
+    fresh = ev._channel(*args, X=np.zeros((space.size, pr.levels + 1)))
+    for channel in (ev._channel, lambda *a, **k: ev._channel_native(layout, *a, **k)):
+        stale = np.full((space.size, pr.levels + 1), 7.0)
+        assert np.array_equal(channel(*args, X=stale), fresh)

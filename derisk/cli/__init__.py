@@ -85,9 +85,20 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from derisk import __version__
+        import warnings
 
-        typer.echo(f"derisk {__version__}")
+        from derisk import __version__
+        from derisk.planner import _native
+
+        with warnings.catch_warnings(record=True):  # a stale build: said below
+            built = _native.available()
+        loops = (
+            "C"
+            if built
+            else "numpy (the C loops were not built, or are stale: reinstall with a C "
+            "compiler for 3-6x faster solves)"
+        )
+        typer.echo(f"derisk {__version__}\nexact solver and policy evaluation loops: {loops}")
         raise typer.Exit()
 
 

@@ -5,7 +5,8 @@
  * (`_native.py`); where it is not built the numpy engine runs instead. Every
  * operation is the reference's, in the reference's order, with no contraction
  * into fused multiply-adds (-ffp-contract=off), so values and policies are equal
- * bit for bit (tests/test_native.py).
+ * bit for bit (tests/test_native.py). (NaN aside: a comparison drops it where numpy's
+ * maximum keeps it; validation keeps every input finite.)
  *
  * `derisk_evaluate` is the same for a fixed policy (`_evaluate._channel`), one channel
  * (value, compute or one reward's probability) per call.
@@ -26,10 +27,11 @@
 /* The interface's version: `_native.VERSION` must equal it, so that a library built
  * from an older source (a checkout updated without reinstalling) is not called. Bump
  * both with any change to the arguments, the struct or the arithmetic. */
-EXPORT int64_t derisk_bellman_version(void) { return 2; }
+EXPORT int64_t derisk_bellman_version(void) { return 3; }
 
 typedef struct {
-    int64_t n_nodes;
+    int64_t n_nodes;           /* at most 127: int8 policies */
+    int64_t wide;              /* successor indices are int64 (1) or int32 (0) */
     const int64_t *cost_first; /* (n+1,) each node's cost outcomes: [first[i], first[i+1]) */
     const int64_t *cost_units; /* cost outcomes in units, increasing */
     const double *cost_probs;  /* their probabilities */
@@ -62,6 +64,11 @@ static void deterministic(const Problem *pr, int64_t i, double p, const double *
             row[b] = q > r ? q : r;
         }
     }
+}
+
+/* Successor j of an int32 or int64 index table (the space's own, not a copy). */
+static inline int64_t at(const Problem *pr, const void *table, int64_t j) {
+    return pr->wide ? ((const int64_t *)table)[j] : (int64_t)((const int32_t *)table)[j];
 }
 
 /* The return of running node i (pair j's state) at level b, at least its cheapest cost:
@@ -111,8 +118,8 @@ static void stochastic(const Problem *pr, int64_t i, double p, const double *vs,
  * increasing node order. Every successor of a state must be solved before it.
  * succ_d may be NULL: no node has a stochastic cost. */
 EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state,
-                          const int64_t *first, const int64_t *node, const int64_t *succ_s,
-                          const int64_t *succ_f, const int64_t *succ_d, const double *p,
+                          const int64_t *first, const int64_t *node, const void *succ_s,
+                          const void *succ_f, const void *succ_d, const double *p,
                           const int64_t *start, const int64_t *width, double *V,
                           int8_t *act) {
     for (int64_t k = 0; k < count; k++) {
@@ -121,11 +128,12 @@ EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state
         int8_t *a = act + start[s];
         for (int64_t j = first[k]; j < first[k + 1]; j++) {
             const int64_t i = node[j];
-            const double *vs = V + start[succ_s[j]], *vf = V + start[succ_f[j]];
+            const double *vs = V + start[at(pr, succ_s, j)], *vf = V + start[at(pr, succ_f, j)];
             if (pr->cost_first[i + 1] - pr->cost_first[i] == 1) {
                 deterministic(pr, i, p[j], vs, vf, row, a, width[s]);
             } else {
-                const double *d0 = succ_d && succ_d[j] >= 0 ? V + start[succ_d[j]] : 0;
+                const int64_t d = succ_d ? at(pr, succ_d, j) : -1;
+                const double *d0 = d >= 0 ? V + start[d] : 0;
                 stochastic(pr, i, p[j], vs, vf, d0, row, a, width[s]);
             }
         }
@@ -138,11 +146,12 @@ EXPORT void derisk_backup(const Problem *pr, int64_t count, const int64_t *state
  * the gains and price of `pr` counted. Rows of states with nothing to run are left as
  * they are (0). count: (L,) scratch for the random policy. */
 EXPORT void derisk_evaluate(const Problem *pr, int64_t count, const int64_t *state,
-                            const int64_t *first, const int64_t *node, const int64_t *succ_s,
-                            const int64_t *succ_f, const int64_t *succ_d, const double *p,
+                            const int64_t *first, const int64_t *node, const void *succ_s,
+                            const void *succ_f, const void *succ_d, const double *p,
                             const int64_t *start, const int64_t *width, const int8_t *policy,
                             double *X, double *tally) {
     int64_t pair_of[128]; /* node -> pair of the state, -1: not runnable there */
+    if (pr->n_nodes > 127) return; /* refused before the call (`_native.Layout.of`) */
     for (int64_t i = 0; i < 128; i++) pair_of[i] = -1;
     for (int64_t k = 0; k < count; k++) {
         const int64_t s = state[k], W = width[s];
@@ -154,9 +163,9 @@ EXPORT void derisk_evaluate(const Problem *pr, int64_t count, const int64_t *sta
                 double q = 0.0;
                 const int64_t i = a[b], j = i >= 0 ? pair_of[i] : -1;
                 if (j >= 0 && b >= pr->cost_units[pr->cost_first[i]]) {
-                    const double *d0 = succ_d && succ_d[j] >= 0 ? X + start[succ_d[j]] : 0;
-                    q = q + action_at(pr, i, p[j], X + start[succ_s[j]], X + start[succ_f[j]],
-                                      d0, b);
+                    const int64_t d = succ_d ? at(pr, succ_d, j) : -1;
+                    q = q + action_at(pr, i, p[j], X + start[at(pr, succ_s, j)],
+                                      X + start[at(pr, succ_f, j)], d >= 0 ? X + start[d] : 0, b);
                 }
                 row[b] = q;
             }
@@ -165,8 +174,9 @@ EXPORT void derisk_evaluate(const Problem *pr, int64_t count, const int64_t *sta
             for (int64_t b = 0; b < W; b++) row[b] = 0.0, tally[b] = 0.0;
             for (int64_t j = first[k]; j < first[k + 1]; j++) {
                 const int64_t i = node[j], cheapest = pr->cost_units[pr->cost_first[i]];
-                const double *d0 = succ_d && succ_d[j] >= 0 ? X + start[succ_d[j]] : 0;
-                const double *vs = X + start[succ_s[j]], *vf = X + start[succ_f[j]];
+                const int64_t d = succ_d ? at(pr, succ_d, j) : -1;
+                const double *d0 = d >= 0 ? X + start[d] : 0;
+                const double *vs = X + start[at(pr, succ_s, j)], *vf = X + start[at(pr, succ_f, j)];
                 for (int64_t b = 0; b < W; b++) {
                     if (b >= cheapest) {
                         row[b] = row[b] + action_at(pr, i, p[j], vs, vf, d0, b);

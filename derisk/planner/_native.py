@@ -21,7 +21,7 @@ from derisk.planner._problem import PlanningProblem
 from derisk.planner._states import StateSpace, outcome_free
 from derisk.planner._table import SolvePairs
 
-VERSION = 2  # derisk_bellman_version() of the library this module can call
+VERSION = 3  # derisk_bellman_version() of the library this module can call
 _i64 = ctypes.POINTER(ctypes.c_int64)
 _f64 = ctypes.POINTER(ctypes.c_double)
 _ptr = ctypes.c_void_p
@@ -30,6 +30,7 @@ _ptr = ctypes.c_void_p
 class _Problem(ctypes.Structure):
     _fields_ = [
         ("n_nodes", ctypes.c_int64),
+        ("wide", ctypes.c_int64),
         ("cost_first", _i64),
         ("cost_units", _i64),
         ("cost_probs", _f64),
@@ -53,12 +54,14 @@ def _library():
             lib = ctypes.CDLL(str(path))
             lib.derisk_bellman_version.restype = ctypes.c_int64
             built = lib.derisk_bellman_version()
-        except (OSError, AttributeError):
-            built = None
-        if built != VERSION:
+        except (OSError, AttributeError) as e:
+            why = f"could not be loaded ({e})"
+        else:
+            why = None if built == VERSION else "was built from another version of _bellman.c"
+        if why is not None:
             warnings.warn(
-                f"{path.name} was built from another version of _bellman.c; the planner "
-                "runs its numpy loops until it is rebuilt (pip install -e .)",
+                f"{path.name} {why}; the planner runs its numpy loops until it is rebuilt "
+                "(pip install -e .)",
                 DeriskWarning,
                 stacklevel=2,
             )
@@ -83,9 +86,11 @@ def _addr(a: np.ndarray | None):
 @dataclass(frozen=True, eq=False)
 class Layout:
     """What the C loops read for one space and problem, laid out once: the pairs in
-    solve order (`_table.SolvePairs`) as int64, each pair's p, the cost outcomes, and
-    the layer ends (one call per layer: the progress unit)."""
+    solve order (`_table.SolvePairs`, successors as the space holds them), each pair's p,
+    the cost outcomes, and the layer ends (one call per layer: the progress unit)."""
 
+    wide: int  # successor indices are int64 (1) or int32 (0), as the space holds them
+    stopped: np.ndarray  # states with nothing to run
     order: np.ndarray
     first: np.ndarray
     tables: tuple  # node, succ_s, succ_f, succ_d (None: no stochastic cost), p
@@ -99,15 +104,21 @@ class Layout:
         if problem.n > 127:  # int8 policies; the C loops' node table has 128 entries
             raise ValueError(f"the exact loops take at most 127 experiments, not {problem.n}")
         pairs = SolvePairs.of(space)
-        st = pairs.order[pairs.rows]
         i64 = functools.partial(np.ascontiguousarray, dtype=np.int64)
         stochastic = any(len(u) > 1 for u in problem.cost_units)
+        index = space.succ_s.dtype  # int32 or int64: the C loops read either, uncopied
+        if space.p.strides[0] == 0:  # no hypotheses: the prior, one row for every state
+            p = space.p[0][pairs.node]
+        else:
+            p = space.p[pairs.order[pairs.rows], pairs.node]
         tables = (
             i64(pairs.node),
-            i64(pairs.succ_s),
-            i64(pairs.succ_f),
-            i64(space.succ_d[st, pairs.node]) if stochastic else None,
-            np.ascontiguousarray(space.p[st, pairs.node], dtype=np.float64),
+            np.ascontiguousarray(pairs.succ_s, dtype=index),
+            np.ascontiguousarray(pairs.succ_f, dtype=index),
+            np.ascontiguousarray(space.succ_d[pairs.order[pairs.rows], pairs.node], dtype=index)
+            if stochastic
+            else None,
+            np.ascontiguousarray(p, dtype=np.float64),
         )
         units = [np.asarray(u, dtype=np.int64) for u in problem.cost_units]
         cost = (
@@ -120,6 +131,8 @@ class Layout:
         sizes = np.bincount(space.untried)
         idle = np.setdiff1d(np.flatnonzero(sizes), untried)
         return cls(
+            wide=int(index == np.int64),
+            stopped=np.flatnonzero(space.avail.sum(axis=1) == 0),
             order=i64(pairs.order),
             first=i64(np.r_[0, np.cumsum(pairs.counts)]),
             tables=tables,
@@ -136,6 +149,7 @@ class Layout:
         first, units, probs = self.cost
         spec = _Problem(
             problem.n,
+            self.wide,
             first.ctypes.data_as(_i64),
             units.ctypes.data_as(_i64),
             probs.ctypes.data_as(_f64),
@@ -213,10 +227,13 @@ def evaluate_native(
     row's top are left as they are."""
     lib = _need()
     S, L = space.size, problem.levels + 1
-    assert X.shape == (S, L) and X.flags.c_contiguous and X.dtype == np.float64
+    if X.shape != (S, L) or not X.flags.c_contiguous or X.dtype != np.float64:
+        raise ValueError(f"X must be a C-contiguous float64 ({S}, {L}) array")
     if policy is not None:
         policy = np.ascontiguousarray(policy, dtype=np.int8)
-        assert policy.shape == (S, L)
+        if policy.shape != (S, L):
+            raise ValueError(f"policy must be ({S}, {L}), got {policy.shape}")
+    X[layout.stopped] = 0.0  # stopping is all they can do; the C loop reads, never writes them
     spec, alive = layout.spec(problem, gains, spend)
     start = np.arange(S, dtype=np.int64) * L
     width = _widths(S, L, top)

@@ -247,9 +247,10 @@ BYTES_PER_STORED_CELL = 18
 # Bytes per (state, experiment): avail, status (1 each), posterior p (8), three
 # successor indices (24), and the heuristic scores built per table (8).
 BYTES_PER_STATE_NODE = 42
-# Bytes per runnable (state, experiment) pair: the C loops' layout of them (`_native`):
-# an experiment, two or three successors and a p, 8 bytes each.
-BYTES_PER_PAIR = 40
+# Bytes per runnable (state, experiment) pair: the solve pairs (`_table.SolvePairs`) and
+# the C loops' layout of them (`_native.Layout`): 47-49 at the peak of building them on
+# the benchmark's roadmaps (tracemalloc), with the per-state arrays spread over the pairs.
+BYTES_PER_PAIR = 52
 OVERHEAD_BYTES = 64 * 2**20  # block temporaries of the backups (a few MB each) and slack
 TRIM_MIN_CELLS = 1 << 22  # (state, experiment) cells past which enumeration trims the heap
 ENUM_CHUNK = 1 << 16  # (state, node) pairs canonicalised at once while enumerating
