@@ -19,6 +19,7 @@ Every value is cross-checked against exact. Usage:
     python benchmarks/planner.py                 # all cases, table on stdout
     python benchmarks/planner.py --only F --json # one case
     python benchmarks/planner.py --only D2 --exact-only  # its exact solve alone
+    python benchmarks/planner.py --only E --yaml e.yaml  # the case as a roadmap file
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ def roadmap_for(name):
         budget_levels=levels,
         budget_fraction=0.6,
     )
+
+
+def write_yaml(name: str, path: Path) -> None:
+    """Case `name`'s roadmap in the roadmap format, for timing the CLI on it (the cases
+    have fixed costs, single prerequisites or OR-groups, and no hypotheses)."""
+    import yaml
+
+    r = roadmap_for(name)
+    exps = []
+    for e in r.experiments:
+        cost = float(e.cost.median)
+        if e.cost.p90:
+            cost = {"median": cost, "p90": float(e.cost.p90)}
+        d = {"id": e.id, "cost": cost, "p": float(e.p), "reward": float(e.reward)}
+        if e.requires:
+            d["after"] = [c[0] if len(c) == 1 else {"any": list(c)} for c in e.requires]
+        exps.append(d)
+    doc = {"name": f"benchmark case {name}", "budget": float(r.budget), "experiments": exps}
+    doc["resolution"] = float(r.resolution)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def reachable_explicit(P, start: int) -> np.ndarray:
@@ -245,7 +266,17 @@ def main() -> None:
         action="store_true",
         help="with --only: the exact solver alone (no other solver in the process)",
     )
+    ap.add_argument(
+        "--yaml",
+        metavar="PATH",
+        help="with --only: write that case's roadmap as YAML to PATH (to time the CLI on it)",
+    )
     args = ap.parse_args()
+    if args.yaml:
+        if not args.only:
+            ap.error("--yaml needs --only CASE")
+        write_yaml(args.only, Path(args.yaml))
+        return
     if args.only:
         print(json.dumps(run_case(args.only, exact_only=args.exact_only)))
         return
