@@ -130,6 +130,23 @@ experiments:
     assert any("unknown hypothesis `h`" in m for m in msgs)
 
 
+def test_a_hypothesis_with_a_bad_prior_is_reported_once(tmp_path):
+    """Its prior is the mistake; the experiments that use it are not also told it is
+    unknown (it is declared)."""
+    p = write(
+        tmp_path,
+        """budget: 10
+hypotheses:
+  h: 5
+experiments:
+  - {id: a, cost: 1, p: {if: h, then: 0.5, else: 0.2}, reward: 1}
+  - {id: b, cost: 1, p: {if: h, then: 0.6, else: 0.1}, reward: 1}
+""",
+    )
+    msgs = [x.message for x in problems(p)]
+    assert msgs == ["prior of hypothesis `h` must be in [0, 1], got 5"]
+
+
 def test_unconvertible_units(tmp_path):
     text = """budget: 100 gpu_hours
 experiments:

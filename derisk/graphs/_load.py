@@ -588,9 +588,9 @@ def _validate(data: Any, source: str) -> Roadmap:
                 prior = _probability(
                     ck, value, hyp.value_marks.get(key), f"prior of hypothesis `{key}`"
                 )
+                hyp_marks[str(key)] = hyp.key_marks.get(key)  # declared, even if bad
                 if prior is not None:
                     hypotheses[str(key)] = prior
-                    hyp_marks[str(key)] = hyp.key_marks.get(key)
 
     # Experiments.
     raw = data.get("experiments")

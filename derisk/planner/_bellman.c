@@ -20,6 +20,9 @@
 
 #ifdef _WIN32
 #define EXPORT __declspec(dllexport)
+/* setuptools links a Python extension's init function into the DLL; ctypes loads this
+ * library, and nothing imports it as a module. */
+EXPORT void *PyInit__bellman(void) { return 0; }
 #else
 #define EXPORT __attribute__((visibility("default")))
 #endif
