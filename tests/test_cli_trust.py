@@ -88,6 +88,8 @@ def test_budget_in_the_display_unit(tmp_path):
     res = run("plan", example_path("moe-at-scale"), "--budget", "10 GPU-x")
     assert res.exit_code == 2
     assert "--budget" in res.stderr and "gpu_hours" in res.stderr
+    res = run("plan", example_path("moe-at-scale"), "--budget", "lots")
+    assert res.exit_code == 2 and res.stderr.count("--budget") == 1, res.stderr
 
 
 # ---------------------------------------------------------------- recorded state

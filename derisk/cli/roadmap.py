@@ -116,8 +116,9 @@ def amount(text: str | None, roadmap: Roadmap, flag: str) -> float | None:
         return None
     ck = _Checker(flag)
     q = _quantity(ck, text, None, flag)
-    if ck.problems:
-        raise DeriskError(f"{flag} {text!r}: {ck.problems[0].message}")
+    if ck.problems:  # the message names the flag (the `what` it was given) or not
+        msg = ck.problems[0].message
+        raise DeriskError(msg if msg.startswith(flag) else f"{flag} {text!r}: {msg}")
     if q is None or q[0] < 0:
         raise DeriskError(
             f"{flag} must be a non-negative number with an optional unit "
