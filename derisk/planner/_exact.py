@@ -83,26 +83,28 @@ def solve_exact(
         return _solve_numpy(problem, space, work, progress, threads)
 
 
-def _reachable(problem: PlanningProblem, space: StateSpace, work: int) -> np.ndarray | None:
-    """Each state's reachable top (`_table.reachable_top`) past WIDTH_MIN_WORK, else None:
-    past it a block computes only up to its widest reachable level (E: a third faster);
-    below, finding those levels costs more than it saves (D2), and every level is kept
-    (all are the MDP's values)."""
-    return reachable_top(problem, space) if work >= WIDTH_MIN_WORK else None
+def _reachable(problem: PlanningProblem, space: StateSpace, work: int):
+    """(cut, top): each state's reachable top (`_table.reachable_top`) past
+    WIDTH_MIN_WORK, else None: past it a block computes only up to its widest reachable
+    level (E: a third faster); below, finding those levels costs more than it saves
+    (D2), and every level is kept (all are the MDP's values). top: what the tables keep,
+    the cut or every level."""
+    if work >= WIDTH_MIN_WORK:
+        cut = reachable_top(problem, space)
+        return cut, cut
+    return None, np.full(space.size, problem.levels, dtype=np.int32)
 
 
 def _solve_native(problem: PlanningProblem, space: StateSpace, work: int, progress):
-    cut = _reachable(problem, space, work)
+    cut, top = _reachable(problem, space, work)
     V, policy = _native.solve_native(problem, space, cut, TIE, progress)
-    top = np.full(space.size, problem.levels, dtype=np.int32) if cut is None else cut
     return Table.over(V, top, np.nan), Table.over(policy, top, -1)
 
 
 def _solve_numpy(problem: PlanningProblem, space: StateSpace, work: int, progress, threads):
     """The reference loop (`solve_exact`, engine "numpy")."""
     S, L = space.size, problem.levels + 1
-    cut = _reachable(problem, space, work)
-    top = np.full(S, L - 1, dtype=np.int32) if cut is None else cut
+    cut, top = _reachable(problem, space, work)
     V = np.zeros((S, L))
     policy = np.full((S, L), -1, dtype=np.int8)
     price = -problem.price_per_unit

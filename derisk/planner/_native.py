@@ -90,6 +90,7 @@ class Layout:
     the cost outcomes, and the layer ends (one call per layer: the progress unit)."""
 
     wide: int  # successor indices are int64 (1) or int32 (0), as the space holds them
+    same: np.ndarray  # (n,) uint8: experiments whose outcomes lead to one state
     stopped: np.ndarray  # states with nothing to run
     order: np.ndarray
     first: np.ndarray
@@ -130,9 +131,12 @@ class Layout:
         heads = np.r_[0, np.flatnonzero(np.diff(untried)) + 1] if len(untried) else []
         sizes = np.bincount(space.untried)
         idle = np.setdiff1d(np.flatnonzero(sizes), untried)
+        runs = np.zeros(space.size, dtype=bool)
+        runs[pairs.order] = True  # the states with pairs; the others can only stop
         return cls(
             wide=int(index == np.int64),
-            stopped=np.flatnonzero(space.avail.sum(axis=1) == 0),
+            same=np.ascontiguousarray(outcome_free(problem), dtype=np.uint8),
+            stopped=np.flatnonzero(~runs),
             order=i64(pairs.order),
             first=i64(np.r_[0, np.cumsum(pairs.counts)]),
             tables=tables,
@@ -145,7 +149,6 @@ class Layout:
     def spec(self, problem: PlanningProblem, gain, price: float, tie: float = 0.0):
         """The C `Problem` for these gains and this price (kept alive by the caller)."""
         gain = np.ascontiguousarray(gain, dtype=np.float64)
-        same = np.ascontiguousarray(outcome_free(problem), dtype=np.uint8)
         first, units, probs = self.cost
         spec = _Problem(
             problem.n,
@@ -154,11 +157,11 @@ class Layout:
             units.ctypes.data_as(_i64),
             probs.ctypes.data_as(_f64),
             gain.ctypes.data_as(_f64),
-            same.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+            self.same.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
             float(price),
             float(tie),
         )
-        return spec, (gain, same)  # the arrays `spec` points into: keep them alive
+        return spec, gain  # the array `spec` points into beside the layout's: keep it alive
 
     def run(self, fn, spec, tail: list, progress=None) -> None:
         """`fn` over every layer in solve order; `tail` the arguments after the pairs."""
