@@ -269,7 +269,8 @@ def _estimate(sol, roadmap, no_flips: bool) -> None:
     if seconds > 30:
         hint = "" if no_flips else "; --no-flips skips the flip points, most of the work"
         err.print(
-            f"sensitivity: about {solves:,} re-solves of ~{sol.seconds:.2g} s each, "
+            f"sensitivity: about {solves:,} re-solves of ~{sol.seconds:.2g} s each (the "
+            f"first solve's time; re-solves reuse its solve pairs and often run faster), "
             f"~{seconds / 60:.0f} min{hint}",
             soft_wrap=True,
         )
